@@ -42,3 +42,6 @@ test-unit: venv assets
 
 clean:
 	rm -rf $(BUILD)
+
+bench: venv assets
+	$(PY) -m fieldbox_host.bench
