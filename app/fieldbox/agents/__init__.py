@@ -1,0 +1,1 @@
+"""Agents: TFLite models declared in manifests, with real pre- and post-processing."""

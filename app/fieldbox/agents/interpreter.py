@@ -1,0 +1,183 @@
+"""One interpreter interface over the TFLite runtimes the device may carry.
+
+The image ships ``tflite_runtime`` 2.14 (``tflite_runtime.interpreter.Interpreter``);
+its maintained successor ``ai_edge_litert`` has the same Python API, so either is
+accepted, ``tflite_runtime`` first (it is what the appliance runs). Everything
+else in fieldbox talks to :class:`Interpreter` (a Protocol) and
+:class:`TensorDetail`, never to a runtime module directly, so swapping runtimes
+touches this file only.
+
+Errors: no runtime installed -> :class:`~fieldbox.errors.DependencyError`; a
+file that is missing, empty, not a TFLite flatbuffer or that fails to allocate
+-> :class:`~fieldbox.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from fieldbox.errors import DependencyError, ModelError
+
+RUNTIMES: tuple[str, ...] = ("tflite_runtime.interpreter", "ai_edge_litert.interpreter")
+"""Runtime modules tried in order; each exposes ``Interpreter``."""
+
+Array: TypeAlias = npt.NDArray[Any]
+"""A numpy array of any dtype: what goes into and comes out of a model."""
+
+_TFLITE_MAGIC = b"TFL3"
+"""The flatbuffer file identifier of a TFLite model (bytes 4..8 of the file)."""
+
+
+@dataclass(frozen=True)
+class TensorDetail:
+    """What one input or output tensor of a model is: where, what shape, what type."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    scale: float
+    """Quantization scale (0.0 when the tensor is not quantized)."""
+    zero_point: int
+    """Quantization zero point."""
+
+    @property
+    def quantized(self) -> bool:
+        """True for an integer tensor with a (per-tensor) quantization scale."""
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly description (for ``fieldbox agent check``)."""
+        return {
+            "name": self.name,
+            "index": self.index,
+            "shape": list(self.shape),
+            "dtype": self.dtype.name,
+            "quantization": {"scale": self.scale, "zero_point": self.zero_point},
+        }
+
+    @classmethod
+    def from_runtime(cls, raw: dict[str, Any]) -> TensorDetail:
+        """Convert one of the runtime's ``get_input_details()`` dicts."""
+        scale, zero_point = raw.get("quantization", (0.0, 0))
+        return cls(
+            name=str(raw["name"]),
+            index=int(raw["index"]),
+            shape=tuple(int(d) for d in raw["shape"]),
+            dtype=np.dtype(raw["dtype"]),
+            scale=float(scale),
+            zero_point=int(zero_point),
+        )
+
+
+class Interpreter(Protocol):
+    """The part of a TFLite interpreter fieldbox uses, typed."""
+
+    runtime: str
+    """Which runtime module is behind it, e.g. ``tflite_runtime.interpreter``."""
+    threads: int
+
+    def input_details(self) -> list[TensorDetail]:
+        """The model's inputs, in order."""
+
+    def output_details(self) -> list[TensorDetail]:
+        """The model's outputs, in order."""
+
+    def set_tensor(self, index: int, value: Array) -> None:
+        """Copy ``value`` into the input tensor at ``index``."""
+
+    def invoke(self) -> None:
+        """Run the model once on the inputs set."""
+
+    def get_tensor(self, index: int) -> Array:
+        """A copy of the tensor at ``index``."""
+
+
+class TFLiteInterpreter:
+    """:class:`Interpreter` over ``tflite_runtime`` or ``ai_edge_litert``."""
+
+    def __init__(self, raw: Any, runtime: str, threads: int) -> None:
+        self._raw = raw
+        self.runtime = runtime
+        self.threads = threads
+        self._inputs = [TensorDetail.from_runtime(d) for d in raw.get_input_details()]
+        self._outputs = [TensorDetail.from_runtime(d) for d in raw.get_output_details()]
+        # Bound methods, looked up once: these sit on the timed inference path.
+        self.set_tensor: Callable[[int, Array], None] = raw.set_tensor
+        self.invoke: Callable[[], None] = raw.invoke
+        self.get_tensor: Callable[[int], Array] = raw.get_tensor
+
+    @property
+    def raw(self) -> Any:
+        """The runtime's own interpreter object (for benchmarks and debugging)."""
+        return self._raw
+
+    def input_details(self) -> list[TensorDetail]:
+        """The model's inputs, in order."""
+        return list(self._inputs)
+
+    def output_details(self) -> list[TensorDetail]:
+        """The model's outputs, in order."""
+        return list(self._outputs)
+
+
+def runtime_class() -> tuple[str, Any]:
+    """The first installed runtime's module name and its ``Interpreter`` class."""
+    missing = []
+    for name in RUNTIMES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name.split('.')[0]} ({exc})")
+            continue
+        return name, module.Interpreter
+    raise DependencyError(
+        "no TFLite runtime installed: tried " + ", ".join(missing),
+        "pip install tflite-runtime==2.14.0 (or ai-edge-litert)",
+    )
+
+
+def open_model(path: Path, threads: int = 1) -> TFLiteInterpreter:
+    """Load ``path`` into an interpreter with ``threads`` CPU threads and allocate tensors."""
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found", "check the manifest's model.path") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model: {exc.strerror}") from None
+    return open_model_bytes(content, threads=threads, source=str(path))
+
+
+def open_model_bytes(content: bytes, threads: int = 1, source: str = "<model>") -> TFLiteInterpreter:
+    """Load a model from memory (the file's bytes, already checksummed by the caller)."""
+    if len(content) < 8 or content[4:8] != _TFLITE_MAGIC:
+        raise ModelError(
+            f"{source}: not a TFLite model (no 'TFL3' identifier; {len(content)} bytes)",
+            "the file is corrupt or of another format",
+        )
+    runtime, cls = runtime_class()
+    threads = max(1, int(threads))
+    try:
+        raw = cls(model_content=content, num_threads=threads)
+        raw.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{source}: cannot load model: {first}") from None
+    return TFLiteInterpreter(raw, runtime, threads)
+
+
+def default_threads() -> int:
+    """A sensible thread count when a manifest says 0: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
