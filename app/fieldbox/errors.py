@@ -9,7 +9,10 @@ Every error says what failed and, where it can, what to do about it::
     ├── StoreError                the encrypted store cannot be opened or written
     │   ├── WrongKeyError         the key does not open this database
     │   └── StoreFullError        the disk under the store is full
-    └── DependencyError           a runtime library the feature needs is not installed
+    ├── DependencyError           a runtime library the feature needs is not installed
+    └── SyncError                 store-and-forward sync failed (server, network, config doc)
+        ├── BatchFormatError      a sync batch's bytes are malformed or exceed a limit
+        └── ClockSkewError        a config-document timestamp lies too far in the future
 """
 
 from __future__ import annotations
@@ -58,3 +61,15 @@ class StoreFullError(StoreError):
 
 class DependencyError(FieldboxError):
     """A library needed for this feature is not installed."""
+
+
+class SyncError(FieldboxError):
+    """Store-and-forward sync failed: the server refused, or the link is down."""
+
+
+class BatchFormatError(SyncError):
+    """A sync batch (or its acknowledgement) is malformed or exceeds a size limit."""
+
+
+class ClockSkewError(SyncError):
+    """A config-document timestamp is further ahead of local time than allowed."""
