@@ -10,6 +10,10 @@ Every error says what failed and, where it can, what to do about it::
     │   ├── WrongKeyError         the key does not open this database
     │   └── StoreFullError        the disk under the store is full
     ├── DependencyError           a runtime library the feature needs is not installed
+    ├── ServiceError              a local service (runner, store writer, workflows) failed
+    │   ├── ServiceUnavailableError   the service is not running (its socket refuses)
+    │   ├── BusyError             the service's queue is full: nothing was taken, retry later
+    │   └── ProtocolError         a malformed frame or request on a local socket
     └── SyncError                 store-and-forward sync failed (server, network, config doc)
         ├── BatchFormatError      a sync batch's bytes are malformed or exceed a limit
         └── ClockSkewError        a config-document timestamp lies too far in the future
@@ -61,6 +65,22 @@ class StoreFullError(StoreError):
 
 class DependencyError(FieldboxError):
     """A library needed for this feature is not installed."""
+
+
+class ServiceError(FieldboxError):
+    """A local service (runner, store writer, workflows) failed to handle a request."""
+
+
+class ServiceUnavailableError(ServiceError):
+    """A local service is not running or its socket cannot be reached; retry with backoff."""
+
+
+class BusyError(ServiceError):
+    """A service's bounded queue is full; the request was not taken and may be retried."""
+
+
+class ProtocolError(ServiceError):
+    """A frame or request on a local socket is malformed (see :mod:`fieldbox.ipc`)."""
 
 
 class SyncError(FieldboxError):
