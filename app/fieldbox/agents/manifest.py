@@ -200,7 +200,12 @@ class PostprocessSpec:
         "tensor: 'raw'; plug-in kinds define their own",
         default="default",
     )
-    min_score: float = doc_field("drop results scoring below this", default=0.5, check=unit_interval)
+    min_score: float = doc_field(
+        "detector: drop detections scoring below this; classifier: 'label' is null when the best "
+        "class scores below this (top_k lists the best classes regardless)",
+        default=0.5,
+        check=unit_interval,
+    )
     iou_threshold: float = doc_field(
         "overlap above which detections merge (NMS)", default=0.3, check=unit_interval
     )
@@ -265,7 +270,7 @@ class AgentManifest:
         if candidate.is_absolute():
             if candidate.is_file():
                 return candidate
-            raise ConfigError(f"{self._where()}: {what} {name} not found")
+            raise ConfigError(f"{self.location}: {what} {name} not found")
         places = ([self.base_dir] if self.base_dir is not None else []) + paths.model_dirs()
         for place in places:
             path = place / candidate
@@ -273,7 +278,7 @@ class AgentManifest:
                 return path
         looked = ", ".join(str(p) for p in places)
         raise ConfigError(
-            f"{self._where()}: {what} {name!r} not found (looked in {looked})",
+            f"{self.location}: {what} {name!r} not found (looked in {looked})",
             "set FIELDBOX_MODELS to the directory that holds it",
         )
 
@@ -281,7 +286,9 @@ class AgentManifest:
         """The model file, resolved."""
         return self.resolve(self.model.path, "model")
 
-    def _where(self) -> str:
+    @property
+    def location(self) -> str:
+        """How errors name this manifest: its file, or the agent name when built in memory."""
         return str(self.source) if self.source is not None else f"agent {self.name}"
 
 
