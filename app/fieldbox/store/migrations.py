@@ -1,0 +1,166 @@
+"""The store's schema, as a numbered list of migrations.
+
+``PRAGMA user_version`` is the schema version: 0 for a new file, N after
+migration N. Each migration runs in its own ``BEGIN IMMEDIATE`` transaction
+together with the ``user_version`` bump, so a crash or a full disk leaves the
+database at the previous version, never half-migrated (SQLite's DDL is
+transactional). Concurrent openers serialise on the write lock and re-read the
+version inside the transaction, so a migration runs exactly once.
+
+To change the schema, append a :class:`Migration` with the next number; never
+edit one that has shipped (devices in the field have already run it). The sync
+engineer extends ``outbox`` this way.
+
+Conventions: times are Unix seconds (REAL, UTC); JSON is stored as compact
+TEXT; ``priority`` is 0 (most urgent) to 9 (least), default 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fieldbox.errors import StoreError
+
+APPLICATION_ID = 0x46424F58
+"""``PRAGMA application_id`` of a fieldbox store: ASCII ``FBOX``."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: SQL statements that take version ``version - 1`` to ``version``."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "results, sync outbox, key-value config",
+        (
+            f"PRAGMA application_id = {APPLICATION_ID}",
+            # One row per result an agent produced. `key` is the caller's
+            # idempotency key: storing the same key twice changes nothing.
+            """CREATE TABLE results (
+                id         INTEGER PRIMARY KEY,
+                key        TEXT    NOT NULL UNIQUE,
+                workflow   TEXT    NOT NULL,
+                agent      TEXT    NOT NULL,
+                item       TEXT    NOT NULL,
+                created_at REAL    NOT NULL,
+                priority   INTEGER NOT NULL,
+                result     TEXT    NOT NULL
+            )""",
+            "CREATE INDEX results_by_workflow ON results (workflow, id)",
+            # The sync queue. A row is written in the same transaction as the
+            # record it carries, so sync never misses a committed record;
+            # `record_id` is the server's de-duplication id.
+            """CREATE TABLE outbox (
+                id         INTEGER PRIMARY KEY,
+                topic      TEXT    NOT NULL,
+                record_id  TEXT    NOT NULL UNIQUE,
+                priority   INTEGER NOT NULL,
+                created_at REAL    NOT NULL,
+                expires_at REAL,
+                size       INTEGER NOT NULL,
+                payload    BLOB    NOT NULL
+            )""",
+            "CREATE INDEX outbox_by_priority ON outbox (priority, created_at, id)",
+            # Config documents: JSON values; `version` counts local writes,
+            # `hlc` is reserved for the sync conflict rule (hybrid logical clock).
+            """CREATE TABLE kv (
+                key        TEXT    PRIMARY KEY,
+                value      TEXT    NOT NULL,
+                updated_at REAL    NOT NULL,
+                version    INTEGER NOT NULL DEFAULT 1,
+                hlc        TEXT
+            ) WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
+        2,
+        "telemetry and events",
+        (
+            # Monitor samples; `resolution` is the bucket width in seconds of a
+            # down-sampled point (0 = raw sample).
+            """CREATE TABLE telemetry (
+                id         INTEGER PRIMARY KEY,
+                ts         REAL    NOT NULL,
+                metric     TEXT    NOT NULL,
+                value      REAL    NOT NULL,
+                tags       TEXT,
+                resolution INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX telemetry_by_metric ON telemetry (metric, resolution, ts)",
+            # Things that happened (a program exited, a key was created, ...).
+            """CREATE TABLE events (
+                id     INTEGER PRIMARY KEY,
+                ts     REAL    NOT NULL,
+                kind   TEXT    NOT NULL,
+                detail TEXT
+            )""",
+            "CREATE INDEX events_by_kind ON events (kind, ts)",
+        ),
+    ),
+)
+
+LATEST = len(MIGRATIONS)
+"""The schema version this code writes."""
+
+
+def check_numbering(migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+    """Migrations must be numbered 1, 2, 3, ... in order (a gap would skip a step)."""
+    for index, migration in enumerate(migrations, start=1):
+        if migration.version != index:
+            raise StoreError(
+                f"migration {migration.name!r} is numbered {migration.version}, expected {index}"
+            )
+
+
+def schema_version(conn: Any) -> int:
+    """``PRAGMA user_version`` of an open connection."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: Any, label: str, target: int = LATEST) -> int:
+    """Bring the database on ``conn`` (autocommit mode) up to ``target``; return the version reached.
+
+    ``conn`` is any DB-API connection with ``isolation_level=None`` (SQLCipher
+    or plain ``sqlite3``); driver errors propagate for the caller to translate.
+    ``label`` names the database in errors.
+    """
+    check_numbering()
+    current = schema_version(conn)
+    if current > LATEST:
+        raise StoreError(
+            f"store {label} has schema version {current}, newer than this fieldbox knows ({LATEST})",
+            hint="update fieldbox on this device; an older version must not write to it",
+        )
+    if current > 0:
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        if app_id != APPLICATION_ID:
+            raise StoreError(
+                f"{label} is a database but not a fieldbox store (application_id {app_id:#x})",
+                hint="point --db at a fieldbox store",
+            )
+    elif conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise StoreError(
+            f"{label} is a database with tables but not a fieldbox store",
+            hint="point --db at a fieldbox store",
+        )
+    for migration in MIGRATIONS[current:target]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the lock.
+            if schema_version(conn) < migration.version:
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return schema_version(conn)
