@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from fieldbox.cli import DEVICE_COMMANDS
 from fieldbox.cli import main as device_main
 
-HOST_COMMANDS: tuple[str, ...] = ()
+HOST_COMMANDS: tuple[str, ...] = (
+    "fieldbox_host.commands.serve",
+)
 """Modules that add host verbs (``build``, ``emulate``, ``dev``, ...)."""
 
 

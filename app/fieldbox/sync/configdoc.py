@@ -77,6 +77,14 @@ def value_bytes(value: Any) -> bytes:
     return data
 
 
+def json_value(text: str | bytes) -> Any:
+    """A value back from its canonical JSON (as stored in a database column)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SyncError(f"stored config value is not JSON: {exc}") from None
+
+
 def wins(a: Entry, b: Entry) -> bool:
     """Whether ``a`` beats ``b`` under the rule; a deterministic order even for equal timestamps."""
     if a.hlc != b.hlc:
