@@ -35,6 +35,7 @@ documentation (from :func:`fieldbox.schema.describe_schema`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,13 @@ def parse_manifest(raw: Any, source: str = "<manifest>", path: Path | None = Non
     if path is not None:
         object.__setattr__(manifest, "source", path)  # frozen; set once, right after parsing
     return manifest
+
+
+def replace_manifest(manifest: AgentManifest, **changes: Any) -> AgentManifest:
+    """A copy with some fields changed (e.g. ``threads`` for a benchmark), keeping its source file."""
+    new = dataclasses.replace(manifest, **changes)
+    object.__setattr__(new, "source", manifest.source)
+    return new
 
 
 def load_manifest(path: Path) -> AgentManifest:

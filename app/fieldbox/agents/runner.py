@@ -105,7 +105,7 @@ class Agent:
         """
         start = self._clock()
         try:
-            prepared = self._preprocess(data)
+            prepared = self.prepare(data)
             try:
                 outputs = self.infer(prepared.inputs)
             except (ValueError, RuntimeError) as exc:
@@ -124,7 +124,8 @@ class Agent:
         result["latency_ms"] = round(elapsed * 1000.0, 3)
         return result
 
-    def _preprocess(self, data: bytes) -> Prepared:
+    def prepare(self, data: bytes) -> Prepared:
+        """The kind's preprocessing of one item, with any failure turned into InputError."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InputError(f"agent {self.name}: input must be bytes, got {type(data).__name__}")
         try:
