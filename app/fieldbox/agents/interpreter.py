@@ -14,8 +14,11 @@ file that is missing, empty, not a TFLite flatbuffer or that fails to allocate
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +169,7 @@ def open_model_bytes(content: bytes, threads: int = 1, source: str = "<model>") 
         )
     runtime, cls = runtime_class()
     threads = max(1, int(threads))
+    check_in_child(cls, content, source)
     try:
         raw = cls(model_content=content, num_threads=threads)
         raw.allocate_tensors()
@@ -173,6 +177,56 @@ def open_model_bytes(content: bytes, threads: int = 1, source: str = "<model>") 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{source}: cannot load model: {first}") from None
     return TFLiteInterpreter(raw, runtime, threads)
+
+
+_CHECKED: set[bytes] = set()
+"""sha256 digests of model contents already shown not to crash the runtime (per process)."""
+
+CHILD_CHECK_TIMEOUT_S = 60.0
+
+
+def check_in_child(cls: Any, content: bytes, source: str) -> None:
+    """Load, allocate and invoke the model once in a forked child; ModelError if the child crashes.
+
+    The TFLite runtimes build the interpreter from the flatbuffer without
+    verifying it, so a malformed model (right identifier, wrong offsets) makes
+    them read out of bounds and kill the whole process with SIGSEGV. A Python
+    error in the child is not our concern here (the parent repeats the load and
+    reports it); only death by signal, or a hang, is. Done once per distinct
+    model content per process; skipped where ``os.fork`` does not exist.
+    """
+    digest = hashlib.sha256(content).digest()
+    if digest in _CHECKED or not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which never returns
+        code = 0
+        try:
+            raw = cls(model_content=content, num_threads=1)
+            raw.allocate_tensors()
+            for detail in raw.get_input_details():
+                raw.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+            raw.invoke()
+        except BaseException:
+            code = 3
+        os._exit(code)
+    deadline = time.monotonic() + CHILD_CHECK_TIMEOUT_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ModelError(f"{source}: loading the model did not finish in {CHILD_CHECK_TIMEOUT_S:.0f} s")
+        time.sleep(0.002)
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        raise ModelError(
+            f"{source}: malformed TFLite model: the runtime crashed ({name}) reading it",
+            "the file is corrupt or was written wrongly; rebuild or fetch it again",
+        )
+    _CHECKED.add(digest)
 
 
 def default_threads() -> int:
