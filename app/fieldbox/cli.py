@@ -28,6 +28,7 @@ DEVICE_COMMANDS: tuple[str, ...] = (
     "fieldbox.commands.agent",
     "fieldbox.commands.store",
     "fieldbox.commands.workflow",
+    "fieldbox.commands.bootctl",
 )
 """Modules that add device verbs; each has ``register(subparsers)``."""
 

@@ -14,9 +14,10 @@ Every error says what failed and, where it can, what to do about it::
     │   ├── ServiceUnavailableError   the service is not running (its socket refuses)
     │   ├── BusyError             the service's queue is full: nothing was taken, retry later
     │   └── ProtocolError         a malformed frame or request on a local socket
-    └── SyncError                 store-and-forward sync failed (server, network, config doc)
-        ├── BatchFormatError      a sync batch's bytes are malformed or exceed a limit
-        └── ClockSkewError        a config-document timestamp lies too far in the future
+    ├── SyncError                 store-and-forward sync failed (server, network, config doc)
+    │   ├── BatchFormatError      a sync batch's bytes are malformed or exceed a limit
+    │   └── ClockSkewError        a config-document timestamp lies too far in the future
+    └── BootStateError            the A/B slot state on the boot partition cannot be read or written
 """
 
 from __future__ import annotations
@@ -93,3 +94,7 @@ class BatchFormatError(SyncError):
 
 class ClockSkewError(SyncError):
     """A config-document timestamp is further ahead of local time than allowed."""
+
+
+class BootStateError(FieldboxError):
+    """The A/B slot state (``fbstate.0``/``fbstate.1`` on the boot partition) cannot be used."""
