@@ -30,18 +30,27 @@ $(ASSETS)/.stamp: $(VENV)/.stamp provisioning/fieldbox_host/assets.py
 
 assets: $(ASSETS)/.stamp
 
+# Models fieldbox trains itself (text intents, digits), float32 + int8, seeded: same bytes every run.
+MODEL_SOURCES := $(wildcard provisioning/fieldbox_host/models/*.py provisioning/fieldbox_host/models/data/*) \
+                 app/fieldbox/agents/text.py
+$(MODELS)/.stamp: $(VENV)/.stamp $(ASSETS)/.stamp $(MODEL_SOURCES)
+	$(PY) -m fieldbox_host.models $(MODELS) --assets $(ASSETS)
+	touch $@
+
+models: $(MODELS)/.stamp
+
 lint: venv
 	$(VENV)/bin/ruff check app provisioning tests
 	$(VENV)/bin/mypy
 
-test: venv assets lint
+test: venv assets models lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-unit: venv assets
+test-unit: venv assets models
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD)
 
-bench: venv assets
+bench: venv assets models
 	$(PY) -m fieldbox_host.bench

@@ -75,6 +75,13 @@ ASSETS: dict[str, Asset] = {
                 ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
             )
         ),
+        # UCI optical handwritten digits (1797 8x8 images, 0-16) as scikit-learn ships them (BSD-3-Clause).
+        Asset(
+            "digits.csv.gz",
+            "scikit-learn==1.6.1",
+            "sklearn/datasets/data/digits.csv.gz",
+            "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+        ),
     )
 }
 
