@@ -84,6 +84,15 @@ ERROR_CODES: dict[str, type[FieldboxError]] = {
 """Error code in a reply -> the exception the client raises."""
 
 
+class ConnectionLostError(ServiceUnavailableError):
+    """A service went away (or stopped answering) while handling our request.
+
+    Part of the :mod:`fieldbox.errors` tree, under ``ServiceUnavailableError``.
+    Unlike "not reachable", the request may have been acted on, and a request
+    that keeps ending like this may be what kills the service.
+    """
+
+
 def error_code(exc: BaseException) -> str:
     """The reply error code for an exception raised by a handler (most specific first)."""
     for code, cls in (
@@ -535,7 +544,7 @@ class Client:
                     reply = read_frame(sock)
             except TimeoutError:
                 self.close()
-                raise ServiceError(
+                raise ConnectionLostError(
                     f"{self.name} service did not answer {op!r} within {self.timeout:g} s"
                 ) from None
             except ProtocolError:
@@ -543,12 +552,12 @@ class Client:
                 raise
             except OSError as exc:
                 self.close()
-                raise ServiceUnavailableError(
+                raise ConnectionLostError(
                     f"{self.name} service connection lost during {op!r}: {exc.strerror or exc}"
                 ) from None
             if reply is None:
                 self.close()
-                raise ServiceUnavailableError(
+                raise ConnectionLostError(
                     f"{self.name} service closed the connection during {op!r}"
                 )
             if reply.header.get("id") not in (request_id, None):

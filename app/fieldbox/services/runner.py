@@ -1,0 +1,96 @@
+"""The ``runner`` program: loads every agent, serves inference on ``$FIELDBOX_RUN/runner.sock``.
+
+Every manifest in ``$FIELDBOX_ETC/agents`` is loaded (sha256-checked, warmed
+up). One that fails to load does not stop the others: requests for it are
+answered with its load error (a ``model`` or ``config`` error), which fails
+the item with that reason, e.g. "model sha256 mismatch". Requests run in the
+connection's thread; an agent serialises only its own interpreter call, so
+two workflow workers overlap decoding with inference.
+
+Requests: see :mod:`fieldbox.services.clients`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from fieldbox import ipc, paths
+from fieldbox.agents import Agent, load_agents
+from fieldbox.errors import ConfigError, FieldboxError, ModelError, ProtocolError
+from fieldbox.services import RUNNER_SOCKET, socket_path
+from fieldbox.services.common import EXIT_OK, run_service
+
+
+class RunnerService:
+    """The request handler over a set of loaded agents."""
+
+    def __init__(self, agents: dict[str, Agent], broken: dict[str, FieldboxError]) -> None:
+        self.agents = agents
+        self.broken = broken
+
+    @classmethod
+    def load(cls, directory: Path, log: logging.Logger) -> RunnerService:
+        """Load every agent manifest in ``directory``; broken ones are kept with their error."""
+        errors: dict[Path, FieldboxError] = {}
+        agents = load_agents(directory, errors=errors)
+        broken = {path.stem: exc for path, exc in errors.items()}
+        for name, agent in agents.items():
+            log.info("agent %s loaded (%s, %s)", name, agent.kind, agent.model_path.name)
+        for name, exc in broken.items():
+            log.error("agent %s NOT loaded: %s", name, exc)
+        return cls(agents, broken)
+
+    def handle(self, request: ipc.Request) -> ipc.Reply:
+        """Answer one request."""
+        if request.op == "run":
+            name = request.get("agent", str)
+            agent = self.agents.get(name)
+            if agent is None:
+                raise self._missing(name)
+            result = agent.run(request.payload)
+            return ipc.Reply({"agent": name}, json.dumps(result, separators=(",", ":")).encode())
+        if request.op == "ping":
+            return ipc.Reply(
+                {
+                    "agents": sorted(self.agents),
+                    "broken": {name: str(exc) for name, exc in self.broken.items()},
+                }
+            )
+        if request.op == "stats":
+            stats: dict[str, Any] = {name: agent.stats() for name, agent in self.agents.items()}
+            return ipc.Reply({"agents": stats})
+        raise ProtocolError(f"runner: unknown request {request.op!r}", "known: run, ping, stats")
+
+    def _missing(self, name: str) -> FieldboxError:
+        exc = self.broken.get(name)
+        if isinstance(exc, ModelError):
+            return ModelError(f"agent {name} is not available: {exc}")
+        if exc is not None:
+            return ConfigError(f"agent {name} is not available: {exc}")
+        known = ", ".join(sorted(self.agents)) or "none"
+        return ConfigError(f"no agent named {name!r} is loaded (loaded: {known})")
+
+
+def main_body(log: logging.Logger, stop: threading.Event) -> int:
+    """Load the agents, serve until stopped."""
+    service = RunnerService.load(paths.etc_dir() / "agents", log)
+    server = ipc.Server(socket_path(RUNNER_SOCKET), service.handle, name="runner")
+    server.start()
+    log.info("runner serving %d agent(s) on %s", len(service.agents), server.path)
+    stop.wait()
+    server.shutdown()
+    return EXIT_OK
+
+
+def main() -> int:
+    """Entry point: ``python3 -m fieldbox.services.runner``."""
+    return run_service("runner", main_body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

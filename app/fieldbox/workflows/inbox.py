@@ -1,0 +1,172 @@
+"""The inbox directory protocol: each file that lands is processed once, then done/ or failed/.
+
+Life of a file (every move is a durable rename: fsync of both directories)::
+
+    inbox/x.jpg --claim--> processing/<workflow>/x.jpg --results committed--> done/x.jpg
+                                                      \\--unusable----------> failed/x.jpg
+                                                                              failed/x.jpg.reason
+
+Rules:
+
+* **Which files are taken.** Regular files matching the workflow's glob whose
+  name does not start with ``.`` and does not end in ``.tmp``, ``.part``,
+  ``.partial`` or ``.reason``, and that have not been modified for
+  ``settle_seconds``. Writers should write ``x.jpg.tmp`` (or ``.x.jpg``) and
+  rename it to ``x.jpg`` when complete; the settle time also protects a writer
+  that writes in place (``cp``, ``scp``) as long as it does not pause longer.
+* **Back-pressure.** A file is claimed only once the workflow's bounded queue
+  has room; until then it stays in ``inbox/``.
+* **Exactly once.** Results are committed to the store, keyed by
+  workflow + content sha256 + name, *before* the file moves to ``done/``. A
+  crash in between leaves the file in ``processing/``; on start every file
+  there is processed again, and the store, finding its keys, stores nothing
+  twice.
+* **Failures.** An unusable item (empty, truncated, not an image, a model
+  that fails its checksum) goes to ``failed/`` with ``<name>.reason``: one
+  line saying why. The reason file is written first, so a crash leaves the
+  item retried, not unexplained.
+* **Name clashes.** A name already present in ``done/`` or ``failed/`` gets a
+  ``~N`` suffix; a name already being processed stays in ``inbox/`` until the
+  first one is finished.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+from fieldbox.durable import atomic_write, durable_rename
+from fieldbox.errors import ConfigError
+from fieldbox.workflows.spec import InboxTrigger
+
+log = logging.getLogger(__name__)
+
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".reason")
+"""Files being written (by convention) and our own reason files are never taken."""
+
+
+def is_candidate(name: str, pattern: str) -> bool:
+    """Whether a file name may be taken from the inbox (see the module docstring)."""
+    if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` squeezed to one line of at most ``limit`` characters (for reason files)."""
+    line = " ".join(str(text).split()) or "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _resolve(data_dir: Path, directory: str) -> Path:
+    path = Path(directory)
+    return path if path.is_absolute() else data_dir / path
+
+
+class Inbox:
+    """The directories of one workflow's inbox trigger and the moves between them."""
+
+    def __init__(self, data_dir: Path, trigger: InboxTrigger, processing: str) -> None:
+        self.trigger = trigger
+        self.inbox = _resolve(data_dir, trigger.dir)
+        self.processing = _resolve(data_dir, processing)
+        self.done = _resolve(data_dir, trigger.done)
+        self.failed = _resolve(data_dir, trigger.failed)
+
+    def ensure_dirs(self) -> None:
+        """Create the four directories (all must be on one filesystem for renames)."""
+        for directory in (self.inbox, self.processing, self.done, self.failed):
+            directory.mkdir(parents=True, exist_ok=True)
+        devices = {d.stat().st_dev for d in (self.inbox, self.processing, self.done, self.failed)}
+        if len(devices) != 1:
+            raise ConfigError(
+                f"inbox {self.inbox}: inbox, processing, done and failed must be on one filesystem",
+                "files move between them by rename",
+            )
+
+    def ready(self, now: float | None = None) -> list[Path]:
+        """Files in the inbox that may be claimed now, oldest first."""
+        now = time.time() if now is None else now
+        found: list[tuple[float, str, Path]] = []
+        try:
+            entries = list(os.scandir(self.inbox))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not is_candidate(entry.name, self.trigger.glob):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if now - st.st_mtime < self.trigger.settle_seconds:
+                continue
+            found.append((st.st_mtime, entry.name, Path(entry.path)))
+        found.sort()
+        return [path for _, _, path in found]
+
+    def claim(self, path: Path) -> Path | None:
+        """Move an inbox file to processing/; None if that name is still being processed."""
+        target = self.processing / path.name
+        if target.exists() or target.is_symlink():
+            return None
+        try:
+            durable_rename(path, target)
+        except FileNotFoundError:
+            return None  # taken away by someone else meanwhile
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise ConfigError(
+                    f"cannot move {path} to {target}: different filesystems",
+                    "keep inbox and processing directories on one filesystem",
+                ) from None
+            raise
+        return target
+
+    def leftovers(self) -> list[Path]:
+        """Files a previous run left in processing/ (crash recovery), oldest first."""
+        try:
+            entries = [e for e in os.scandir(self.processing) if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                found.append((st.st_mtime, entry.name, Path(entry.path)))
+        found.sort()
+        return [path for _, _, path in found]
+
+    def finish(self, path: Path) -> Path:
+        """Move a processed file to done/ (after its results were committed)."""
+        target = _free_name(self.done, path.name)
+        durable_rename(path, target)
+        return target
+
+    def fail(self, path: Path, reason: str) -> Path:
+        """Move an unusable file to failed/, with ``<name>.reason`` written first."""
+        target = _free_name(self.failed, path.name)
+        atomic_write(target.with_name(target.name + ".reason"), (one_line(reason) + "\n").encode())
+        durable_rename(path, target)
+        return target
+
+
+def _free_name(directory: Path, name: str) -> Path:
+    """``directory/name``, or ``name~1``, ``name~2``... if taken (never overwrite a kept file)."""
+    target = directory / name
+    n = 0
+    while target.exists() or target.is_symlink() or target.with_name(target.name + ".reason").exists():
+        n += 1
+        stem, dot, suffix = name.partition(".")
+        target = directory / (f"{stem}~{n}{dot}{suffix}")
+    return target
