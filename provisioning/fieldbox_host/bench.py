@@ -50,6 +50,7 @@ Section = Callable[[], list[Row]]
 SECTIONS: dict[str, str] = {
     # section name -> "module:function"; each returns list[Row]
     "store": "fieldbox_host.bench_store:bench",
+    "models": "fieldbox_host.bench_models:bench",
 }
 
 
