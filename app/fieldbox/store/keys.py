@@ -34,6 +34,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -223,21 +224,33 @@ def _aad(provider_name: str) -> bytes:
     return f"fieldbox-store-key/{KEY_FILE_FORMAT}/{provider_name}".encode()
 
 
-def write_new_key(key_path: Path, provider: KeyProvider) -> bytes:
-    """Generate a DEK, wrap it with ``provider`` and store it durably at ``key_path``."""
+@dataclass(frozen=True)
+class StoreKey:
+    """What opening a store needs: the DEK and the SQLCipher settings it was created with."""
+
+    dek: bytes
+    cipher: dict[str, str | int]
+
+
+def write_new_key(key_path: Path, provider: KeyProvider, cipher: dict[str, str | int]) -> StoreKey:
+    """Generate a DEK, wrap it with ``provider`` and store it (and ``cipher``) durably at ``key_path``."""
     dek = os.urandom(DEK_BYTES)
     wrapped = provider.wrap(dek, _aad(provider.name))
     doc = {
         "fieldbox_store_key": KEY_FILE_FORMAT,
         "provider": provider.name,
         "wrapped": base64.b64encode(wrapped).decode("ascii"),
+        "sqlcipher": cipher,
     }
     atomic_write(key_path, (json.dumps(doc, indent=1) + "\n").encode(), mode=0o600)
-    return dek
+    return StoreKey(dek, dict(cipher))
 
 
-def read_key(key_path: Path, provider: KeyProvider) -> bytes:
-    """Read ``key_path`` and unwrap the DEK with ``provider``."""
+def read_key(key_path: Path, provider: KeyProvider) -> StoreKey:
+    """Read ``key_path`` and unwrap the DEK with ``provider``.
+
+    A missing ``sqlcipher`` member means SQLCipher 4's defaults.
+    """
     try:
         raw = key_path.read_bytes()
     except OSError as exc:
@@ -251,7 +264,10 @@ def read_key(key_path: Path, provider: KeyProvider) -> bytes:
         version = doc["fieldbox_store_key"]
         name = doc["provider"]
         wrapped = base64.b64decode(doc["wrapped"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        cipher = doc.get("sqlcipher", {})
+        if not isinstance(cipher, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise WrongKeyError(damaged[0], hint=damaged[1]) from None
     if version != KEY_FILE_FORMAT:
         raise StoreError(
@@ -264,6 +280,7 @@ def read_key(key_path: Path, provider: KeyProvider) -> bytes:
             hint=f"open the store with the {name!r} provider",
         )
     try:
-        return provider.unwrap(wrapped, _aad(name))
+        dek = provider.unwrap(wrapped, _aad(name))
     except WrongKeyError as exc:
         raise WrongKeyError(f"{key_path}: {exc.message}", hint=exc.hint) from None
+    return StoreKey(dek, cipher)

@@ -104,6 +104,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX events_by_kind ON events (kind, ts)",
         ),
     ),
+    Migration(
+        3,
+        "sync: config-document stamps, tombstones, sync state; telemetry by age",
+        (
+            # `kv.version` at the time `kv.hlc` was stamped: a kv_set since then
+            # (version moved on) is a local edit that sync must stamp and push.
+            "ALTER TABLE kv ADD COLUMN hlc_version INTEGER",
+            # Deleted config keys (the row leaves kv; its delete must still win
+            # over stale copies elsewhere, see fieldbox.sync.configdoc).
+            """CREATE TABLE kv_tombstones (
+                key TEXT PRIMARY KEY,
+                hlc TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # The sync program's own small state (its HLC, counters).
+            """CREATE TABLE sync_state (
+                key   TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # The monitor's down-sampling scans by resolution and age across metrics.
+            "CREATE INDEX telemetry_by_age ON telemetry (resolution, ts)",
+        ),
+    ),
 )
 
 LATEST = len(MIGRATIONS)

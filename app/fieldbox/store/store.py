@@ -40,7 +40,7 @@ from fieldbox.store.records import (
     StoreInfo,
     TelemetryPoint,
 )
-from fieldbox.store.sqlcipher import Connection, connect, translate
+from fieldbox.store.sqlcipher import CIPHER_SETTINGS, Connection, check_cipher_settings, connect, translate
 
 RESULTS_TOPIC = "results"
 """Outbox topic of stored results; their ``record_id`` is ``"results/<key>"``."""
@@ -52,6 +52,7 @@ _INSERT_RESULT = (
     "INSERT INTO results (key, workflow, agent, item, created_at, priority, result) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_RESULT_IF_NEW = _INSERT_RESULT + " ON CONFLICT (key) DO NOTHING"
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (topic, record_id, priority, created_at, expires_at, size, payload) "
     "VALUES (?, ?, ?, ?, NULL, ?, ?)"
@@ -83,24 +84,43 @@ def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+def _explain_invalid(row: ResultIn) -> None:
+    """Raise the precise error for a row that failed :class:`_Encoded`'s fast check."""
+    if not isinstance(row.key, str) or not row.key:
+        raise StoreError(f"result key must be a non-empty string, got {row.key!r}")
+    for name in ("workflow", "agent", "item"):
+        if not isinstance(getattr(row, name), str):
+            raise StoreError(f"result {row.key}: {name} must be a string, got {getattr(row, name)!r}")
+    if isinstance(row.priority, bool) or not isinstance(row.priority, int) or not 0 <= row.priority <= 9:
+        raise StoreError(f"result {row.key}: priority must be an integer 0..9, got {row.priority!r}")
+    if not isinstance(row.result, Mapping):
+        raise StoreError(f"result {row.key}: result must be a mapping (a JSON object)")
+
+
 class _Encoded:
     """A validated result, JSON-encoded once, ready for both INSERTs."""
 
     __slots__ = ("key", "outbox_row", "result_row")
 
     def __init__(self, row: ResultIn, now: float) -> None:
-        if not isinstance(row.key, str) or not row.key:
-            raise StoreError(f"result key must be a non-empty string, got {row.key!r}")
-        for name in ("workflow", "agent", "item"):
-            if not isinstance(getattr(row, name), str):
-                raise StoreError(f"result {row.key}: {name} must be a string, got {getattr(row, name)!r}")
-        if type(row.priority) is not int or not 0 <= row.priority <= 9:
-            raise StoreError(f"result {row.key}: priority must be an integer 0..9, got {row.priority!r}")
-        if not isinstance(row.result, Mapping):
-            raise StoreError(f"result {row.key}: result must be a mapping (a JSON object)")
-        created = now if row.created_at is None else float(row.created_at)
-        if not math.isfinite(created):
-            raise StoreError(f"result {row.key}: created_at must be a finite number")
+        key, priority, result = row.key, row.priority, row.result
+        if not (
+            type(key) is str
+            and key
+            and type(row.workflow) is str
+            and type(row.agent) is str
+            and type(row.item) is str
+            and type(priority) is int
+            and 0 <= priority <= 9
+            and (type(result) is dict or isinstance(result, Mapping))
+        ):
+            _explain_invalid(row)  # raises, unless only a str/int subclass tripped the fast check
+        if row.created_at is None:
+            created = now
+        else:
+            created = float(row.created_at)
+            if not math.isfinite(created):
+                raise StoreError(f"result {key}: created_at must be a finite number")
         try:
             result_json = _dumps(row.result)
         except (TypeError, ValueError) as exc:
@@ -150,8 +170,9 @@ class Store:
             raise StoreError(f"{path} is a directory, not a store file", hint="give the database file's path")
         if not create and not path.exists():
             raise StoreError(f"no store at {path}", hint="check --db (the store is created on first write)")
-        dek = cls._database_key(path, key_path, provider, create)
-        conn = connect(path, dek, create=create)
+        store_key = cls._database_key(path, key_path, provider, create)
+        settings = check_cipher_settings(store_key.cipher, str(key_path))
+        conn = connect(path, store_key.dek, settings, create=create)
         try:
             migrate(conn, str(path))
         except sqlcipher3.Error as exc:
@@ -163,7 +184,7 @@ class Store:
         return cls(conn, path, provider)
 
     @staticmethod
-    def _database_key(path: Path, key_path: Path, provider: KeyProvider, create: bool) -> bytes:
+    def _database_key(path: Path, key_path: Path, provider: KeyProvider, create: bool) -> keymod.StoreKey:
         """Unwrap the store's key, or make one for a new store (written before the database exists)."""
         if key_path.exists():
             return keymod.read_key(key_path, provider)
@@ -177,7 +198,7 @@ class Store:
         with keymod.locked_dir(path.parent):
             if key_path.exists():  # another process created it while we waited
                 return keymod.read_key(key_path, provider)
-            return keymod.write_new_key(key_path, provider)
+            return keymod.write_new_key(key_path, provider, CIPHER_SETTINGS)
 
     def close(self) -> None:
         """Close the connection (idempotent). The last closer checkpoints and removes the WAL."""
@@ -247,7 +268,13 @@ class Store:
 
         Returns False, changing nothing, when ``key`` is already stored.
         """
-        return self.put_results([ResultIn(key, workflow, agent, item, result, priority)])[0]
+        e = _Encoded(ResultIn(key, workflow, agent, item, result, priority), time.time())
+        with self.transaction("storing a result") as conn:
+            # One statement fewer than the batch path: the conflict clause is the duplicate check.
+            if conn.execute(_INSERT_RESULT_IF_NEW, e.result_row).rowcount != 1:
+                return False
+            conn.execute(_INSERT_OUTBOX, e.outbox_row)
+        return True
 
     def put_results(self, rows: Sequence[ResultIn]) -> list[bool]:
         """Store many results in one transaction (the throughput path); one flag per row.
