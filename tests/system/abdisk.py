@@ -19,7 +19,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from fieldbox import bootenv
@@ -118,6 +119,11 @@ def write_copy(disk: Path, index: int, data: bytes) -> None:
     src = disk.parent / f"put-{index}"
     src.write_bytes(data)
     _run("mcopy", "-o", "-i", _fat(disk), str(src), f"::{bootenv.COPY_NAMES[index]}")
+
+
+def delete_copy(disk: Path, index: int) -> None:
+    """Remove one state file from the disk image (mdel)."""
+    _run("mdel", "-i", _fat(disk), f"::{bootenv.COPY_NAMES[index]}")
 
 
 def fsck_fat(disk: Path) -> str:
@@ -248,3 +254,28 @@ def boot_once(disk: Path) -> tuple[str, int, str]:
         machine.skip_autoboot_delay()
         match = machine.wait_for(BOOTING)
         return match.group(1).decode(), int(match.group(2), 16), machine.text()
+
+
+def expected_boot(state: bootenv.SlotState) -> tuple[str, int, bootenv.SlotState | None]:
+    """What boot.cmd must do with ``state``: (slot it boots, count it prints, state it writes or None).
+
+    The test oracle for the script, written from image/boot/README.md's rules.
+    """
+    if not state.trial:
+        return state.slot, state.count, None
+    count = state.count + 1
+    new = replace(state, count=count, generation=state.generation + 1)
+    if count > state.limit:
+        new = replace(
+            new.with_good(state.slot, False), slot=bootenv.other_slot(state.slot), trial=False, count=0
+        )
+    return new.slot, new.count, new
+
+
+def set_state(disk: Path, transition: Callable[[bootenv.SlotState], bootenv.SlotState]) -> bootenv.SlotState:
+    """Apply a userspace transition the way ``fieldbox bootctl`` does (write rule included),
+    with mtools instead of a mounted partition: returns the state written."""
+    sel = read_selection(disk)
+    new = bootenv.next_state(sel, transition(sel.state))
+    write_copy(disk, sel.target, new.encode())
+    return new
