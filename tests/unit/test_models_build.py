@@ -149,3 +149,15 @@ def test_split_is_seeded_and_disjoint():
     b_train, b_test = datasets.split(100, 0.2, 7)
     assert np.array_equal(a_train, b_train) and np.array_equal(a_test, b_test)
     assert len(a_test) == 20 and not set(a_train) & set(a_test)
+
+
+def test_device_files_cover_what_the_shipped_manifests_name(fresh):
+    from fieldbox_host.models.build import device_files
+
+    out, _ = fresh
+    names = set(device_files(out))
+    for manifest in ("text-classifier.toml", "digits-classifier.toml"):
+        doc, _ = _manifest(manifest)
+        for needed in (doc["model"]["path"], doc["labels"], doc["self_test"]["sample"]):
+            assert needed in names, f"{manifest} needs {needed} on the device"
+    assert all((out / name).is_file() for name in names)

@@ -206,3 +206,17 @@ def ensure_built(out_dir: Path, assets_dir: Path) -> Path:
     if not all((out_dir / name).is_file() for name in wanted):
         build_all(out_dir, assets_dir)
     return out_dir
+
+
+def device_files(out_dir: Path) -> list[str]:
+    """Names (relative to ``out_dir``) the device needs in its models directory.
+
+    The manifests in ``rootfs-overlay/etc/fieldbox/agents`` name their labels
+    files and self-test samples (``samples/...``) relative to
+    ``FIELDBOX_MODELS``, so an image must carry these, keeping the
+    ``samples/`` subdirectory, not just the ``.tflite`` files.
+    """
+    out_dir = Path(out_dir)
+    names = [*INTENT_FILES, *DIGITS_FILES, "intent_labels.txt", "digits_labels.txt", "intent_features.json"]
+    names += sorted(p.relative_to(out_dir).as_posix() for p in (out_dir / "samples").glob("*"))
+    return names
