@@ -169,7 +169,9 @@ class Store:
         if path.is_dir():
             raise StoreError(f"{path} is a directory, not a store file", hint="give the database file's path")
         if not create and not path.exists():
-            raise StoreError(f"no store at {path}", hint="check --db (the store is created on first write)")
+            raise StoreError(
+                f"no store at {path}", hint="check --db; the device creates its store on the first write"
+            )
         store_key = cls._database_key(path, key_path, provider, create)
         settings = check_cipher_settings(store_key.cipher, str(key_path))
         conn = connect(path, store_key.dek, settings, create=create)
