@@ -51,6 +51,7 @@ SECTIONS: dict[str, str] = {
     # section name -> "module:function"; each returns list[Row]
     "store": "fieldbox_host.bench_store:bench",
     "models": "fieldbox_host.bench_models:bench",
+    "runner": "fieldbox_host.bench_agents:bench",
 }
 
 
