@@ -43,11 +43,29 @@ lint: venv
 	$(VENV)/bin/ruff check app provisioning tests
 	$(VENV)/bin/mypy
 
-test: venv assets models lint
+test: host-deps venv assets models lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: venv assets models
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# Debian packages the image build and the QEMU system tests need, and qemu-aarch64 binfmt.
+host-deps:
+	bash image/host-deps.sh
+
+# The appliance image: build/fieldbox-<version>-arm64.img (+ .zst, .sha256, manifest). Root needed.
+IMAGE_ARGS ?=
+image: host-deps venv assets models
+	$(FIELDBOX) build $(IMAGE_ARGS)
+
+# Boot it under QEMU (512 MiB, console on this terminal; Ctrl-A X quits).
+EMULATE_ARGS ?=
+emulate: venv
+	$(FIELDBOX) emulate $(EMULATE_ARGS)
+
+# Build the image (cached) and boot it under QEMU: tests/system.
+test-system: host-deps venv assets models
+	$(VENV)/bin/pytest tests/system -m system $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -10,6 +10,8 @@ from fieldbox.cli import main as device_main
 
 HOST_COMMANDS: tuple[str, ...] = (
     "fieldbox_host.commands.serve",
+    "fieldbox_host.commands.build",
+    "fieldbox_host.commands.emulate",
 )
 """Modules that add host verbs (``build``, ``emulate``, ``dev``, ...)."""
 

@@ -1,0 +1,90 @@
+"""Benchmark section "image": the appliance image's size, boot time, memory and rebuild time.
+
+Measured in one run on the built image (``make image``):
+
+* compressed image size: ``build/fieldbox-<version>-arm64.img.zst`` (target ≤ 250 MB);
+* one root slot's used size, from the ext4 superblock recorded in the build
+  manifest (target ≤ 500 MB);
+* boot to "fieldbox ready" under QEMU TCG, ``-M virt -cpu cortex-a53 -m 512M
+  -smp 2``, seconds from QEMU's start (target ≤ 12 s); the baseline is when
+  the same boot reached the initramfs (kernel + U-Boot alone), measured in the
+  same boot;
+* guest memory used (MemTotal - MemAvailable) with every program idle (target
+  ≤ 120 MiB of 512);
+* time to rebuild the image after an app-only change (the Debian cache hits);
+  needs root, like ``make image``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from fieldbox import __version__
+from fieldbox_host.bench import Row, Skip
+
+SECTION = "image"
+BUILD = Path("build")
+
+
+def _image() -> tuple[Path, dict[str, object]]:
+    name = f"fieldbox-{__version__}-arm64"
+    img = BUILD / f"{name}.img"
+    man = BUILD / f"{name}.manifest.json"
+    if not img.is_file() or not man.is_file():
+        raise Skip("no built image (run `make image`)")
+    manifest: dict[str, object] = json.loads(man.read_text())
+    return img, manifest
+
+
+def _boot(img: Path) -> tuple[float, float, float]:
+    """(seconds to ready, seconds to the initramfs, used MiB) of one boot on a fresh overlay."""
+    from fieldbox_host.qemu import Machine
+
+    with tempfile.TemporaryDirectory(prefix="fieldbox-bench-") as tmp, Machine(img, Path(tmp)) as machine:
+        machine.start()
+        machine.wait_for(r"fieldbox-initramfs: root", timeout=120)
+        to_initramfs = machine.elapsed()
+        ready = machine.wait_ready(timeout=300)
+        time.sleep(5)  # let the programs settle into idle
+        meminfo = machine.run("cat /proc/meminfo").check()
+        fields = {m[0]: int(m[1]) for m in re.findall(r"^(\w+):\s+(\d+)", meminfo, re.M)}
+        used = (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+    return ready, to_initramfs, used
+
+
+def _rebuild() -> float:
+    from fieldbox_host.image.build import BuildOptions, build_image
+
+    started = time.monotonic()
+    build_image(BuildOptions(build_dir=BUILD))
+    return time.monotonic() - started
+
+
+def run() -> list[Row]:
+    """The image rows (see the module docstring)."""
+    img, manifest = _image()
+    rows: list[Row] = []
+    zst = img.with_name(img.name + ".zst")
+    if zst.is_file():
+        mb = zst.stat().st_size / 1e6
+        rows.append(Row(SECTION, "compressed image (.img.zst)", mb, "MB", target="≤ 250 MB", met=mb <= 250))
+    used = int(str(manifest.get("root_used_bytes", 0))) / 1e6
+    rows.append(Row(SECTION, "one root slot, used", used, "MB", target="≤ 500 MB", met=used <= 500))
+    ready, initramfs, memory = _boot(img)
+    rows.append(Row(SECTION, "boot to ready, QEMU TCG 512 MiB", ready, "s", baseline=initramfs,
+                    baseline_name="same boot, initramfs reached", target="≤ 12 s",
+                    met=ready <= 12))  # fmt: skip
+    rows.append(Row(SECTION, "guest memory used, programs idle", memory, "MiB", target="≤ 120 MiB",
+                    met=memory <= 120))  # fmt: skip
+    if os.geteuid() == 0:
+        secs = _rebuild()
+        rows.append(Row(SECTION, "rebuild after an app-only change", secs, "s", target="~60 s",
+                        met=secs <= 90))  # fmt: skip
+    else:
+        rows.append(Row(SECTION, "rebuild after an app-only change", float("nan"), "s", note="needs root"))
+    return rows

@@ -1,0 +1,178 @@
+"""The appliance's root filesystem tree: cached Debian + wheels + fieldbox + overlay + models.
+
+Only the device package (``app/fieldbox``) goes in, never the host tools.
+The root is mounted read-only on the device, so the paths that programs write
+are pointed at tmpfs or the data partition here (``/var/log`` -> ``/data/log``,
+``/var/tmp`` -> ``/tmp``, ``/etc/resolv.conf`` -> ``/run/resolv.conf``), and
+Python's byte code is compiled at build time (it could not be written later).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fieldbox_host.image import kmods, wheels
+from fieldbox_host.image.errors import ImageError
+from fieldbox_host.image.proc import run
+
+log = logging.getLogger("fieldbox.image")
+
+MODELS_DIR = "usr/share/fieldbox/models"
+FIELDBOX_ENTRY = """#!/usr/bin/python3
+# The device's fieldbox command (agents, store, workflows, bootctl, ...).
+from fieldbox.cli import entry
+
+entry()
+"""
+
+SYMLINKS = {
+    # path in the rootfs -> target; what the read-only root redirects
+    "var/log": "/data/log",
+    "var/tmp": "/tmp",  # noqa: S108 - a symlink in the image, not a temp file here
+    "etc/resolv.conf": "/run/resolv.conf",
+    "etc/mtab": "/proc/self/mounts",
+}
+
+
+@dataclass(frozen=True)
+class RootOptions:
+    """Choices that change the root filesystem's content."""
+
+    version: str
+    debug_shell: bool = True
+
+
+def copy_overlay(overlay: Path, root: Path) -> int:
+    """Copy ``overlay`` onto ``root`` file by file; return the number of files.
+
+    A directory of the overlay that lands on a symlink in the root (``sbin``,
+    ``lib`` with merged /usr) is an error naming the place it belongs.
+    """
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(overlay):
+        rel = Path(dirpath).relative_to(overlay)
+        target_dir = root / rel
+        if target_dir.is_symlink():
+            raise ImageError(
+                f"rootfs-overlay/{rel} lands on a symlink in the root filesystem (merged /usr)",
+                f"move it under rootfs-overlay/usr/{rel}",
+            )
+        target_dir.mkdir(parents=True, exist_ok=True)
+        dirnames.sort()
+        for name in sorted(filenames):
+            src = Path(dirpath) / name
+            dst = target_dir / name
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            shutil.copy2(src, dst, follow_symlinks=False)
+            count += 1
+    return count
+
+
+def install_fieldbox(source: Path, root: Path) -> None:
+    """The device package, its command and nothing of the host package."""
+    site = root / wheels.SITE
+    dest = site / "fieldbox"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(
+        source / "app/fieldbox", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    entry = root / "usr/bin/fieldbox"
+    entry.write_text(FIELDBOX_ENTRY, encoding="utf-8")
+    entry.chmod(0o755)
+
+
+def install_models(models: list[Path], root: Path) -> list[str]:
+    """Copy model files into ``/usr/share/fieldbox/models``; return their names."""
+    dest = root / MODELS_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for model in models:
+        shutil.copy2(model, dest / model.name)
+        names.append(model.name)
+    return names
+
+
+def redirect_writable(root: Path) -> None:
+    """Point the paths programs write at tmpfs or /data (the root is read-only)."""
+    for rel, target in SYMLINKS.items():
+        path = root / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        path.symlink_to(target)
+    for rel in ("data", "boot/firmware", "run", "tmp", "proc", "sys", "dev"):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+
+
+def place_kernel(root: Path) -> str:
+    """``/boot/vmlinuz`` (fixed name the boot script loads); return the kernel version."""
+    kver = kmods.kernel_version(root)
+    boot = root / "boot"
+    real = boot / f"vmlinuz-{kver}"
+    if not real.is_file():
+        raise ImageError(f"the rootfs has no kernel {real.name}")
+    fixed = boot / "vmlinuz"
+    fixed.unlink(missing_ok=True)
+    os.link(real, fixed)
+    for stale in ("vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"):
+        link = root / stale
+        if link.is_symlink():
+            link.unlink()
+    return kver
+
+
+def write_identity(root: Path, opts: RootOptions) -> None:
+    """Hostname, hosts, build info and the debug-shell switch."""
+    (root / "etc/hostname").write_text("fieldbox\n", encoding="ascii")
+    hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tfieldbox\n::1\tlocalhost\n"
+    (root / "etc/hosts").write_text(hosts, encoding="ascii")
+    etc = root / "etc/fieldbox"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "build-info").write_text(
+        f"FIELDBOX_VERSION={opts.version}\nFIELDBOX_DEBUG_SHELL={int(opts.debug_shell)}\n", encoding="ascii"
+    )
+    flag = etc / "debug-shell"
+    if opts.debug_shell:
+        flag.write_text(
+            "# present: fieldbox-init starts a root shell on /dev/hvc0 (virtio console).\n"
+            "# A production image is built with --no-debug-shell and has no such shell.\n",
+            encoding="ascii",
+        )
+    else:
+        flag.unlink(missing_ok=True)
+
+
+def compile_python(root: Path) -> None:
+    """Byte-compile what we laid in; the read-only root could not cache it later."""
+    site = root / wheels.SITE
+    if sys.version_info[:2] == (3, 11):
+        cmd: list[str | Path] = [sys.executable, "-m", "compileall", "-q", "-j", "0", site]
+        # paths inside .pyc files should read as on the device
+        cmd[3:3] = ["-s", str(root), "-p", "/"]
+    else:  # compile with the device's own interpreter, through qemu-user
+        cmd = ["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "/" + wheels.SITE]
+    run(cmd, what="compiling python byte code")
+
+
+def smoke_import(root: Path) -> None:
+    """Import the wheels and fieldbox with the device's python (qemu-user): catches ABI mistakes."""
+    code = "import tflite_runtime.interpreter, sqlcipher3, numpy, fieldbox.cli; print('ok')"
+    try:
+        out = subprocess.run(
+            ["chroot", str(root), "/usr/bin/python3", "-c", code],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ImageError("importing the wheels in the arm64 rootfs timed out") from None
+    if out.returncode != 0 or "ok" not in out.stdout:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ImageError(f"the arm64 rootfs cannot import its python packages: {last}")

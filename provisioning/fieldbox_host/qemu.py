@@ -1,0 +1,439 @@
+"""Boot a fieldbox image under ``qemu-system-aarch64 -M virt`` and talk to it.
+
+Used by ``fieldbox emulate`` and by the system tests. The machine is the small
+device the image targets: ``-cpu cortex-a53 -m 512M -smp 2``, Debian's
+``u-boot-qemu`` as firmware (``-bios``), the image on virtio-blk through a
+qcow2 copy-on-write overlay (the built image is never written), a virtio RNG,
+and a restricted user-mode NIC (DHCP works, nothing leaves the host).
+
+Console: on the terminal (``-serial mon:stdio``, Ctrl-A X quits), or on a TCP
+port with ``wait=on`` so a pyserial ``socket://`` client sees everything from
+the U-Boot banner on. Debug images also run a root shell on a virtio console
+(``/dev/hvc0`` in the guest, a Unix socket here) that :meth:`Machine.run`
+drives with begin/end markers, so command output never mixes with kernel
+messages on the serial console.
+
+Typical use::
+
+    m = Machine(Path("build/fieldbox-0.1.0-arm64.img"), workdir)
+    m.start()
+    m.wait_for(r"fieldbox ready", timeout=120)
+    print(m.run("fieldbox store query").output)
+    m.kill()            # power cut
+    m.start()           # boots again from the same overlay
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fieldbox.errors import FieldboxError
+
+UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+READY_PATTERN = r"fieldbox ready: (\d+) programs RUNNING, ([0-9.]+) s since kernel start, slot (\w+)"
+"""What ``fieldbox-ready`` prints on the console once every supervisord program is RUNNING."""
+DEGRADED_PATTERN = r"fieldbox degraded: [^\n]*"
+UBOOT_PATTERN = r"U-Boot 20\d\d"
+QEMU = "qemu-system-aarch64"
+
+
+class QemuError(FieldboxError):
+    """QEMU could not start, the guest did not answer in time, or a guest command failed."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run in the guest returned."""
+
+    rc: int
+    output: str
+
+    def check(self, what: str = "guest command") -> str:
+        """The output, or :class:`QemuError` if the exit code was not 0."""
+        if self.rc != 0:
+            raise QemuError(f"{what} exited {self.rc}: {self.output.strip()[-500:]}")
+        return self.output
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def create_overlay(image: Path, overlay: Path, grow_mib: int = 0) -> None:
+    """A qcow2 overlay over the raw ``image`` (virtual size = image + ``grow_mib``)."""
+    if not image.is_file():
+        raise QemuError(f"image {image} does not exist", "run `make image` first")
+    size = image.stat().st_size + grow_mib * 1024 * 1024
+    overlay.unlink(missing_ok=True)
+    proc = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()),
+         str(overlay), str(size)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise QemuError(f"qemu-img create failed: {proc.stderr.strip()}")
+
+
+def qemu_command(
+    overlay: Path,
+    *,
+    memory_mib: int = 512,
+    smp: int = 2,
+    serial: str = "stdio",
+    serial_port: int = 0,
+    shell_socket: Path | None = None,
+    network: bool = True,
+) -> list[str]:
+    """The qemu-system-aarch64 command line for one boot of the overlay."""
+    cmd = [
+        QEMU, "-M", "virt", "-cpu", "cortex-a53", "-m", f"{memory_mib}M", "-smp", str(smp),
+        "-bios", str(UBOOT_BIN), "-display", "none", "-name", "fieldbox",
+        "-drive", f"if=none,id=d0,format=qcow2,file={overlay}", "-device", "virtio-blk-device,drive=d0",
+        "-device", "virtio-rng-device",
+    ]  # fmt: skip
+    if serial == "stdio":
+        cmd += ["-serial", "mon:stdio"]
+    elif serial == "tcp":
+        cmd += ["-serial", f"tcp:127.0.0.1:{serial_port},server=on,wait=on", "-monitor", "none"]
+    else:
+        raise QemuError(f"unknown serial mode {serial!r}", "use stdio or tcp")
+    if shell_socket is not None:
+        cmd += [
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=dbg,path={shell_socket},server=on,wait=off",
+            "-device", "virtconsole,chardev=dbg",
+        ]  # fmt: skip
+    cmd += ["-nic", "user,model=virtio-net-pci,restrict=on"] if network else ["-nic", "none"]
+    return cmd
+
+
+class Machine:
+    """One emulated device: an overlay on an image, a QEMU process, its console and debug shell."""
+
+    def __init__(
+        self,
+        image: Path,
+        workdir: Path,
+        *,
+        memory_mib: int = 512,
+        smp: int = 2,
+        grow_mib: int = 512,
+        debug_shell: bool = True,
+    ) -> None:
+        self.image = image
+        self.workdir = workdir
+        self.memory_mib = memory_mib
+        self.smp = smp
+        self.grow_mib = grow_mib
+        self.debug_shell = debug_shell
+        self.overlay = workdir / "overlay.qcow2"
+        self.console_log = workdir / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_seconds = 0.0
+        self.boots = 0
+        self._buf = ""
+        self._cursor = 0
+        self._cond = threading.Condition()
+        self._serial: object | None = None
+        self._reader: threading.Thread | None = None
+        self._shell: socket.socket | None = None
+        self._shell_buf = ""
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, fresh: bool = False) -> None:
+        """Boot (the overlay is created on first start, or when ``fresh``)."""
+        import serial  # pyserial: socket:// URLs
+
+        if self.proc is not None:
+            raise QemuError("the machine is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if fresh or not self.overlay.exists():
+            create_overlay(self.image, self.overlay, self.grow_mib)
+        shell_sock = self.workdir / "hvc0.sock" if self.debug_shell else None
+        if shell_sock is not None:
+            shell_sock.unlink(missing_ok=True)
+        port = free_port()
+        cmd = qemu_command(self.overlay, memory_mib=self.memory_mib, smp=self.smp, serial="tcp",
+                           serial_port=port, shell_socket=shell_sock)  # fmt: skip
+        log = open(self.workdir / "qemu.stderr", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.started_at = time.monotonic()
+        self.boots += 1
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._serial = serial.serial_for_url(f"socket://127.0.0.1:{port}", timeout=0.2)
+                break
+            except serial.SerialException:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise QemuError(f"QEMU did not start: {self._stderr_tail()}") from None
+                time.sleep(0.05)
+        with self._cond:
+            self._buf = ""
+            self._cursor = 0
+        self._append_log(f"\n===== boot {self.boots} =====\n")
+        self._reader = threading.Thread(target=self._read_console, name="qemu-console", daemon=True)
+        self._reader.start()
+
+    def written_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) of every range the guest wrote, from the overlay's allocation map."""
+        proc = subprocess.run(
+            ["qemu-img", "map", "-U", "--output=json", str(self.overlay)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise QemuError(f"qemu-img map failed: {proc.stderr.strip()}")
+        return [
+            (int(r["start"]), int(r["length"]))
+            for r in json.loads(proc.stdout)
+            if r.get("depth") == 0 and r.get("data")
+        ]
+
+    def kill(self) -> None:
+        """Cut the power: SIGKILL QEMU, no shutdown, no flush inside the guest."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc = None
+        self._close_links()
+
+    def restart(self) -> None:
+        """Power cut, then boot again from the same overlay."""
+        self.kill()
+        self.start()
+
+    def alive(self) -> bool:
+        """Whether QEMU is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def elapsed(self) -> float:
+        """Seconds since this boot's QEMU process started."""
+        return time.monotonic() - self.started_at
+
+    # -- serial console ----------------------------------------------------------
+    def _append_log(self, text: str) -> None:
+        with open(self.console_log, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write(text)
+
+    def _read_console(self) -> None:
+        port = self._serial
+        while port is not None and self._serial is port:
+            try:
+                data: bytes = port.read(4096)  # type: ignore[attr-defined]
+            except Exception:
+                break
+            if data:
+                text = data.decode("utf-8", errors="replace").replace("\r", "")
+                self._append_log(text)
+                with self._cond:
+                    self._buf += text
+                    self._cond.notify_all()
+            elif self.proc is None or self.proc.poll() is not None:
+                break
+
+    def console_text(self) -> str:
+        """Everything the serial console printed during this boot."""
+        with self._cond:
+            return self._buf
+
+    def wait_for(self, pattern: str, timeout: float, from_start: bool = False) -> re.Match[str]:
+        """Wait for ``pattern`` (a regex) on the console, after the last match unless ``from_start``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                match = regex.search(self._buf, 0 if from_start else self._cursor)
+                if match:
+                    self._cursor = match.end()
+                    return match
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = self._buf[-1500:]
+                    raise QemuError(
+                        f"no {pattern!r} on the console within {timeout:.0f} s; last output:\n{tail}"
+                    )
+                if self.proc is None or self.proc.poll() is not None:
+                    raise QemuError(f"QEMU exited while waiting for {pattern!r}: {self._stderr_tail()}")
+                self._cond.wait(min(left, 0.5))
+
+    # -- debug shell on hvc0 -----------------------------------------------------
+    def _connect_shell(self, timeout: float) -> socket.socket:
+        if self._shell is not None:
+            return self._shell
+        if not self.debug_shell:
+            raise QemuError("this machine has no debug shell", "build the image with the debug shell")
+        path = str(self.workdir / "hvc0.sock")
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise QemuError("cannot connect to the debug shell socket") from None
+                time.sleep(0.1)
+        self._shell = s
+        self._shell_buf = ""
+        # the guest shell may not be listening yet: knock until it answers
+        token = secrets.token_hex(4)
+        s.settimeout(1.0)
+        while True:
+            s.sendall(f"echo __FB_HELLO_{token}__\n".encode())
+            try:
+                wait = min(2.0, max(0.1, deadline - time.monotonic()))
+                self._read_shell_until(f"__FB_HELLO_{token}__", wait)
+                return s
+            except QemuError:
+                if time.monotonic() > deadline:
+                    self._close_links()
+                    raise QemuError(f"the debug shell did not answer within {timeout:.0f} s") from None
+
+    def _read_shell_until(self, marker: str, timeout: float) -> str:
+        assert self._shell is not None
+        deadline = time.monotonic() + timeout
+        while marker not in self._shell_buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QemuError(f"no answer from the debug shell within {timeout:.0f} s")
+            self._shell.settimeout(min(left, 1.0))
+            try:
+                data = self._shell.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                self._close_shell()
+                raise QemuError("the debug shell connection closed")
+            self._shell_buf += data.decode("utf-8", errors="replace")
+        head, _, rest = self._shell_buf.partition(marker)
+        self._shell_buf = rest
+        return head
+
+    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        """Run ``command`` with ``sh`` in the guest; return its exit code and output (stdout+stderr)."""
+        self._connect_shell(timeout=max(timeout, 30.0))
+        assert self._shell is not None
+        token = secrets.token_hex(6)
+        begin, end = f"__FB_BEGIN_{token}__", f"__FB_END_{token}__"
+        script = (
+            f"echo {begin}; ( {command}\n) </dev/null 2>&1; printf '\\n{end} %d\\n' $?\n"
+        )
+        self._shell.sendall(script.encode())
+        self._read_shell_until(begin + "\n", timeout)
+        output = self._read_shell_until(f"\n{end} ", timeout)
+        tail = self._read_shell_until("\n", 5.0)
+        try:
+            rc = int(tail.strip())
+        except ValueError:
+            raise QemuError(f"unreadable exit code from the debug shell: {tail!r}") from None
+        return CommandResult(rc, output)
+
+    def wait_ready(self, timeout: float = 240.0) -> float:
+        """Wait for the ready line (a degraded line fails at once); return seconds since QEMU started."""
+        match = self.wait_for(f"{READY_PATTERN}|{DEGRADED_PATTERN}", timeout)
+        if match.group(0).startswith("fieldbox degraded"):
+            raise QemuError(f"the device came up degraded: {match.group(0)}")
+        self.ready_seconds = self.elapsed()
+        return self.ready_seconds
+
+    def put_file(self, data: bytes, remote: str, timeout: float = 300.0) -> None:
+        """Write ``data`` to ``remote`` in the guest (through ``remote.part`` and a rename)."""
+        part = remote + ".part"
+        b64 = base64.encodebytes(data).decode("ascii")
+        script = (
+            f"base64 -d > {shlex.quote(part)} <<'__FB_EOF__'\n{b64}__FB_EOF__\n"
+            f"sync {shlex.quote(part)} && mv {shlex.quote(part)} {shlex.quote(remote)}"
+        )
+        self.run(script, timeout=timeout).check(f"writing {remote}")
+
+    def supervisor_states(self, timeout: float = 60.0) -> dict[str, str]:
+        """Program name -> supervisord state name, asked over supervisord's XML-RPC in the guest."""
+        code = (
+            "import json; from supervisor.options import ClientOptions; o = ClientOptions(); "
+            "o.realize(args=['-c', '/etc/supervisor/supervisord.conf'], doc=''); "
+            "print(json.dumps({i['name']: i['statename'] for i in "
+            "o.getServerProxy().supervisor.getAllProcessInfo()}))"
+        )
+        out = self.run(f"python3 -c {shlex.quote(code)}", timeout=timeout).check("asking supervisord")
+        states: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+        return states
+
+    def reboot(self, timeout: float = 120.0) -> None:
+        """Clean reboot (``fieldbox-reboot`` in the guest); returns when U-Boot starts again."""
+        self._connect_shell(timeout=30.0)
+        assert self._shell is not None
+        self._shell.sendall(b"fieldbox-reboot\n")
+        self.wait_for(UBOOT_PATTERN, timeout)
+        self._close_shell()
+        self.started_at = time.monotonic()
+        self.boots += 1
+
+    # -- teardown ----------------------------------------------------------------
+    def _close_shell(self) -> None:
+        if self._shell is not None:
+            with contextlib.suppress(OSError):
+                self._shell.close()
+            self._shell = None
+
+    def _close_links(self) -> None:
+        self._close_shell()
+        port, self._serial = self._serial, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()  # type: ignore[attr-defined]
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+
+    def _stderr_tail(self) -> str:
+        try:
+            text = (self.workdir / "qemu.stderr").read_text(errors="replace").strip()
+        except OSError:
+            return "no output"
+        return text.splitlines()[-1] if text else "no output"
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def run_interactive(image: Path, workdir: Path, *, memory_mib: int = 512, smp: int = 2,
+                    serial: str = "stdio", port: int = 4321, keep_state: bool = False,
+                    debug_shell: bool = False) -> int:
+    """``fieldbox emulate``: boot, console on this terminal (or a TCP port); return QEMU's exit code."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    overlay = workdir / "overlay.qcow2"
+    if not keep_state or not overlay.exists():
+        create_overlay(image, overlay, grow_mib=512)
+    shell_sock = workdir / "hvc0.sock" if debug_shell else None
+    cmd = qemu_command(overlay, memory_mib=memory_mib, smp=smp, serial=serial, serial_port=port,
+                       shell_socket=shell_sock)  # fmt: skip
+    if serial == "tcp":
+        print(f"fieldbox emulate: waiting for a console client on 127.0.0.1:{port} "
+              f"(e.g. `fieldbox provision socket://127.0.0.1:{port}` or `nc 127.0.0.1 {port}`)", flush=True)
+    if shell_sock is not None:
+        print(f"fieldbox emulate: debug shell on {shell_sock} (socat - UNIX-CONNECT:{shell_sock})",
+              flush=True)
+    return subprocess.call(cmd, env=dict(os.environ))
