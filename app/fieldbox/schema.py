@@ -106,12 +106,14 @@ class _Parser:
             members = [a for a in get_args(tp) if a is not type(None)]
             if raw is None and len(members) < len(get_args(tp)):
                 return None
-            errors = []
+            if len(members) == 1:
+                # ``T | None``: T's own error names the exact key that is wrong.
+                return self.value(members[0], raw, where)
             for member in members:
                 try:
                     return self.value(member, raw, where)
-                except ConfigError as exc:
-                    errors.append(exc)
+                except ConfigError:
+                    pass
             raise self.fail(where, f"expected {_describe(tp)}, got {_short(raw)}")
         if origin is Literal:
             if raw in get_args(tp) and type(raw) in {type(a) for a in get_args(tp)}:

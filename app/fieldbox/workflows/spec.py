@@ -32,10 +32,12 @@ and documentation, from :func:`fieldbox.schema.describe_schema`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from fieldbox import schema
 from fieldbox.errors import ConfigError
@@ -280,3 +282,31 @@ def load_workflows(directory: Path, errors: dict[str, str] | None = None) -> dic
             inboxes[inbox_dir] = spec.name
         specs[spec.name] = spec
     return specs
+
+
+def schema_rows(cls: type = WorkflowSpec, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) of every key of a workflow file, optional and list tables included.
+
+    :func:`fieldbox.schema.describe_schema` flattens plain nested tables; this
+    also opens ``T | None`` and ``list[T]`` tables (``trigger.inbox.*``,
+    ``steps[].*``), which is most of a workflow file.
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    hints = get_type_hints(cls)
+    for row in schema.describe_schema(cls, prefix):
+        name = row[0][len(prefix) :]
+        if "." in name:
+            continue  # a plain nested table's keys: recursed into below, like the others
+        rows.append(row)
+        tp = hints[name]
+        origin = get_origin(tp)
+        if origin is list:
+            members, key = [get_args(tp)[0]], f"{row[0]}[]."
+        elif origin in (UnionType, Union):
+            members, key = [a for a in get_args(tp) if a is not type(None)], f"{row[0]}."
+        else:
+            members, key = [tp], f"{row[0]}."
+        for member in members:
+            if dataclasses.is_dataclass(member) and isinstance(member, type):
+                rows.extend(schema_rows(member, key))
+    return rows
