@@ -28,6 +28,7 @@ workflow carries on with the next item.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -122,6 +123,10 @@ def read_item_file(item: Item) -> bytes:
     try:
         fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{item.name}: a symbolic link (links are not followed)", "put plain files in the inbox"
+            ) from None
         raise InputError(f"{item.name}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

@@ -1,0 +1,332 @@
+"""Workflows end to end in one process: the real runner and store writer handlers on real
+Unix sockets, real agents and photographs, the real encrypted store; no supervisord
+(that is tests/integration). Covers the inbox rules, failures, crash recovery,
+back-pressure, the socket trigger, chained steps and the interval trigger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fieldbox import ipc
+from fieldbox.errors import BusyError, ConfigError, InputError
+from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET
+from fieldbox.services.runner import RunnerService
+from fieldbox.services.store import StoreWriter
+from fieldbox.services.workflows import WorkflowsService
+from fieldbox.store import Store, default_db_path
+from fieldbox.workflows.engine import FAILED_EVENT
+from fieldbox.workflows.inbox import Inbox, is_candidate
+from fieldbox.workflows.items import result_keys
+from fieldbox.workflows.spec import InboxTrigger, WorkflowSpec, parse_workflow
+from fieldbox_host.photos import drop, variants
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "build" / "assets"
+AGENTS = REPO / "rootfs-overlay" / "etc" / "fieldbox" / "agents"
+log = logging.getLogger("test")
+
+pytestmark = pytest.mark.skipif(
+    not (ASSETS / "face_detection_short_range.tflite").exists(), reason="run `make assets` first"
+)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def workflow(name: str = "faces", **overrides: Any) -> WorkflowSpec:
+    raw: dict[str, Any] = {
+        "name": name,
+        "trigger": {"inbox": {"dir": "inbox", "poll_seconds": 0.05, "settle_seconds": 0.0}, "socket": {}},
+        "steps": [{"agent": "face-detector"}],
+        "sinks": {"store": {"priority": 2}, "log": {}},
+        "queue": {"size": 4, "workers": 2},
+    }
+    raw.update(overrides)
+    return parse_workflow(raw, f"{name}.toml")
+
+
+class Stack:
+    """Runner + store writer served on sockets in this process, and a workflows service."""
+
+    def __init__(self, data: Path, run: Path, agents_dir: Path = AGENTS) -> None:
+        self.data, self.run = data, run
+        self.runner = RunnerService.load(agents_dir, log)
+        self.writer = StoreWriter(default_db_path())
+        self.writer.start()
+        self.store_server = ipc.Server(run / STORE_SOCKET, self.writer.handle, name="store")
+        self.store_server.start()
+        self.runner_server: ipc.Server | None = None
+        self.stop = threading.Event()
+        self.service: WorkflowsService | None = None
+
+    def start_runner(self) -> None:
+        self.runner_server = ipc.Server(self.run / RUNNER_SOCKET, self.runner.handle, name="runner")
+        self.runner_server.start()
+
+    def start_workflows(self, *specs: WorkflowSpec) -> WorkflowsService:
+        self.service = WorkflowsService({s.name: s for s in specs}, self.data, self.stop)
+        self.service.start()
+        return self.service
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.service is not None:
+            self.service.join(10)
+        if self.runner_server is not None:
+            self.runner_server.shutdown()
+        self.store_server.shutdown()
+        self.writer.stop()
+
+    def store(self) -> Store:
+        return Store.open(default_db_path(), create=False)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    run = Path(tempfile.mkdtemp(prefix="fbx-"))  # short: socket paths are limited to 107 bytes
+    data = tmp_path / "data"
+    monkeypatch.setenv("FIELDBOX_DATA", str(data))
+    monkeypatch.setenv("FIELDBOX_RUN", str(run))
+    monkeypatch.setenv("FIELDBOX_MODELS", f"{ASSETS}{os.pathsep}{REPO / 'build' / 'models'}")
+    s = Stack(data, run)
+    try:
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def photos(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    return list(variants(ASSETS, n, seed=seed))
+
+
+# ------------------------------------------------------------------------- inbox rules
+
+
+def test_which_files_are_taken(tmp_path: Path):
+    assert is_candidate("a.jpg", "*")
+    assert is_candidate("a.jpg", "*.jpg") and not is_candidate("a.png", "*.jpg")
+    for name in (".a.jpg", "a.jpg.tmp", "a.part", "a.partial", "a.jpg.reason"):
+        assert not is_candidate(name, "*")
+    inbox = Inbox(tmp_path, InboxTrigger(settle_seconds=5.0), "processing/x")
+    inbox.ensure_dirs()
+    (tmp_path / "inbox" / "old.jpg").write_bytes(b"1")
+    os.utime(tmp_path / "inbox" / "old.jpg", (time.time() - 60, time.time() - 60))
+    (tmp_path / "inbox" / "fresh.jpg").write_bytes(b"2")  # still being written, as far as we know
+    (tmp_path / "inbox" / "sub").mkdir()
+    assert [p.name for p in inbox.ready()] == ["old.jpg"]
+    assert [p.name for p in inbox.ready(now=time.time() + 10)] == ["old.jpg", "fresh.jpg"]
+
+
+def test_moves_never_overwrite(tmp_path: Path):
+    inbox = Inbox(tmp_path, InboxTrigger(settle_seconds=0), "processing/x")
+    inbox.ensure_dirs()
+    for content in (b"first", b"second"):
+        (tmp_path / "inbox" / "a.jpg").write_bytes(content)
+        claimed = inbox.claim(tmp_path / "inbox" / "a.jpg")
+        assert claimed is not None
+        inbox.finish(claimed)
+    assert files(tmp_path / "done") == ["a.jpg", "a~1.jpg"]
+    assert (tmp_path / "done" / "a~1.jpg").read_bytes() == b"second"
+    # a name still being processed stays in the inbox
+    (tmp_path / "inbox" / "b.jpg").write_bytes(b"1")
+    first = inbox.claim(tmp_path / "inbox" / "b.jpg")
+    (tmp_path / "inbox" / "b.jpg").write_bytes(b"2")
+    assert inbox.claim(tmp_path / "inbox" / "b.jpg") is None
+    assert first is not None
+    inbox.fail(first, "bad\nthing")
+    assert (tmp_path / "failed" / "b.jpg.reason").read_text() == "bad thing\n"
+
+
+# ----------------------------------------------------------------------- the pipeline
+
+
+def test_inbox_items_stored_exactly_once_then_done(stack: Stack):
+    stack.start_runner()
+    service = stack.start_workflows(workflow())
+    items = photos(24)
+    for name, data in items:
+        drop(stack.data / "inbox", name, data)
+    wait_for(lambda: len(files(stack.data / "done")) == len(items), what="all files in done/")
+    assert files(stack.data / "inbox") == []
+    assert files(stack.data / "processing" / "faces") == []
+    expected = {k for name, data in items for k in result_keys("faces", name, data, 1)}
+    with stack.store() as store:
+        rows = store.results("faces", limit=1000)
+    assert {r.key for r in rows} == expected and len(rows) == len(items)
+    by_item = {r.item: r for r in rows}
+    assert all(r.priority == 2 and r.agent == "face-detector" for r in rows)
+    astronauts = [r for name, r in by_item.items() if "astronaut" in name]
+    assert astronauts and any(r.result["detections"] for r in astronauts)
+    status = service.status()
+    assert status["workflows"]["faces"]["done"] == len(items)
+    assert status["services"] == {"runner": "up", "store": "up"}
+
+
+def test_bad_items_fail_with_reasons_and_the_rest_succeed(stack: Stack):
+    stack.start_runner()
+    stack.start_workflows(workflow())
+    good = photos(6)
+    jpeg = next(data for name, data in photos(3, seed=5) if name.endswith(".jpg"))
+    inbox = stack.data / "inbox"
+    drop(inbox, "truncated.jpg", jpeg[: len(jpeg) // 3])
+    drop(inbox, "empty.jpg", b"")
+    drop(inbox, "text.jpg", b"this is not an image at all\n" * 20)
+    os.symlink("/etc/hostname", inbox / "link.jpg")
+    os.mkfifo(inbox / "pipe.jpg")  # reading it must not block the worker
+    for name, data in good:
+        drop(inbox, name, data)
+    wait_for(lambda: len(files(stack.data / "done")) == len(good), what="good files in done/")
+    wait_for(lambda: len(files(stack.data / "failed")) == 10, what="bad files and reasons in failed/")
+    failed = stack.data / "failed"
+    bad = ("truncated.jpg", "empty.jpg", "text.jpg", "link.jpg", "pipe.jpg")
+    reasons = {n: (failed / f"{n}.reason").read_text() for n in bad}
+    assert "empty file" in reasons["empty.jpg"]
+    assert "symbolic link" in reasons["link.jpg"]
+    assert "not a regular file" in reasons["pipe.jpg"]
+    for text in reasons.values():
+        assert text.endswith("\n") and text.count("\n") == 1 and len(text) > 10
+    with stack.store() as store:
+        assert store.count_results("faces") == len(good)
+        events = store.events(FAILED_EVENT, limit=100)
+    assert {e.detail["item"] for e in events} == set(reasons)
+
+
+def test_model_checksum_mismatch_fails_items_with_the_reason(stack: Stack, tmp_path: Path):
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    text = (AGENTS / "face-detector.toml").read_text()
+    sha = text.split('sha256 = "')[1].split('"')[0]
+    (agents / "face-detector.toml").write_text(text.replace(sha, "0" * 64))
+    stack.runner = RunnerService.load(agents, log)
+    assert "face-detector" in stack.runner.broken
+    stack.start_runner()
+    stack.start_workflows(workflow())
+    name, data = photos(1)[0]
+    drop(stack.data / "inbox", name, data)
+    wait_for(lambda: (stack.data / "failed" / f"{name}.reason").exists(), what="reason file")
+    reason = (stack.data / "failed" / f"{name}.reason").read_text()
+    assert "face-detector is not available" in reason and "sha256" in reason
+
+
+def test_crash_recovery_retries_processing_without_duplicates(stack: Stack):
+    (name_a, data_a), (name_b, data_b) = photos(2)
+    processing = stack.data / "processing" / "faces"
+    processing.mkdir(parents=True)
+    # A: the previous run committed its result, then died before moving the file.
+    (processing / name_a).write_bytes(data_a)
+    key_a = result_keys("faces", name_a, data_a, 1)[0]
+    with Store.open(default_db_path()) as store:
+        store.put_result(key_a, "faces", "face-detector", name_a, {"detections": []}, 2)
+    # B: the previous run died before committing anything.
+    (processing / name_b).write_bytes(data_b)
+    stack.start_runner()
+    service = stack.start_workflows(workflow())
+    wait_for(lambda: files(stack.data / "done") == sorted([name_a, name_b]), what="both in done/")
+    assert files(processing) == []
+    with stack.store() as store:
+        keys = [r.key for r in store.results("faces")]
+    assert sorted(keys) == sorted([key_a, *result_keys("faces", name_b, data_b, 1)])
+    assert service.status()["workflows"]["faces"]["duplicates"] == 1
+
+
+def test_back_pressure_holds_files_in_the_inbox_until_the_runner_is_up(stack: Stack):
+    service = stack.start_workflows(workflow(queue={"size": 3, "workers": 1}))
+    items = photos(10)
+    for name, data in items:
+        drop(stack.data / "inbox", name, data)
+    engine = service.engines["faces"]
+    wait_for(lambda: engine.counters["retries"] > 0, what="the worker retrying the missing runner")
+    time.sleep(0.5)
+    # only as many files as the queue holds were taken; the rest wait in the inbox
+    assert len(files(stack.data / "processing" / "faces")) == 3
+    assert len(files(stack.data / "inbox")) == 7
+    with pytest.raises(BusyError, match="busy"):
+        from fieldbox.workflows.triggers import submit_and_wait
+
+        submit_and_wait(engine, "x.jpg", items[0][1], timeout=1)
+    stack.start_runner()
+    wait_for(lambda: len(files(stack.data / "done")) == 10, what="all done once the runner is up")
+    with stack.store() as store:
+        assert store.count_results("faces") == 10
+
+
+def test_socket_submissions(stack: Stack):
+    stack.start_runner()
+    service = stack.start_workflows(workflow(trigger={"socket": {}}))
+    path = stack.run / "workflows.sock"
+    with ipc.serving(path, service.handle, name="workflows"):
+        from fieldbox.services.clients import WorkflowsClient
+
+        client = WorkflowsClient(path)
+        name, data = next((n, d) for n, d in photos(6) if "astronaut" in n)
+        reply = client.submit("faces", name, data)
+        assert reply["stored"] == 1 and reply["duplicate"] is False
+        assert reply["results"][0]["detections"]
+        again = client.submit("faces", name, data)
+        assert again["stored"] == 0 and again["duplicate"] is True
+        with pytest.raises(InputError, match="cannot|image|decode"):
+            client.submit("faces", "bad.jpg", b"\xff\xd8\xff\xe0 truncated")
+        with pytest.raises(ConfigError, match="no workflow named 'nope'"):
+            client.submit("nope", name, data)
+        status = client.status()
+        client.close()
+    assert status["workflows"]["faces"]["done"] == 2
+    assert status["workflows"]["faces"]["failed"] == 1
+    with stack.store() as store:
+        assert store.count_results("faces") == 1
+
+
+def test_chained_steps_get_the_previous_result(stack: Stack):
+    stack.start_runner()
+    spec = workflow(
+        steps=[{"agent": "face-detector"}, {"agent": "text-classifier", "input": "previous"}],
+    )
+    stack.start_workflows(spec)
+    items = photos(3)
+    for name, data in items:
+        drop(stack.data / "inbox", name, data)
+    wait_for(lambda: len(files(stack.data / "done")) == 3, what="chained items done")
+    with stack.store() as store:
+        rows = store.results("faces")
+    assert {r.key for r in rows} == {k for n, d in items for k in result_keys("faces", n, d, 2)}
+    assert {r.agent for r in rows if r.key.endswith("#1")} == {"text-classifier"}
+
+
+def test_interval_trigger_reads_its_source(stack: Stack):
+    stack.start_runner()
+    source = stack.data / "camera" / "latest.jpg"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(photos(1)[0][1])
+    spec = workflow(
+        name="snap",
+        trigger={"interval": {"every_seconds": 0.1, "source": {"path": "camera/latest.jpg"}}},
+        sinks={"store": {"priority": 7}},
+    )
+    stack.start_workflows(spec)
+    wait_for(lambda: stack.service is not None and stack.service.engines["snap"].counters["done"] >= 3,
+             what="three ticks")
+    with stack.store() as store:
+        rows = store.results("snap")
+    assert len(rows) >= 3 and all(r.item.startswith("tick-") and r.priority == 7 for r in rows)
