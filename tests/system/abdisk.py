@@ -126,29 +126,30 @@ def delete_copy(disk: Path, index: int) -> None:
     _run("mdel", "-i", _fat(disk), f"::{bootenv.COPY_NAMES[index]}")
 
 
-def fsck_fat(disk: Path) -> str:
-    """``fsck.vfat -n`` of p1 (read-only); returns its report."""
+def fsck_fat(disk: Path) -> tuple[int, str]:
+    """``fsck.vfat -n`` of p1 (read-only): its exit code (0: clean) and report."""
     fat = disk.parent / "p1-check.img"
     start, count = PARTS[1]
     _run("dd", f"if={disk}", f"of={fat}", "bs=512", f"skip={start}", f"count={count}", "status=none")
     proc = subprocess.run(["fsck.vfat", "-n", str(fat)], capture_output=True, text=True)
-    return proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 class UBoot:
     """``qemu-system-aarch64 -M virt`` running Debian's qemu_arm64 U-Boot on a disk image.
 
     The console is read into a buffer by a thread; :meth:`wait_for` searches it.
-    ``write_throttle`` (write requests per second) slows the disk's writes so a
-    kill lands inside a ``fatwrite``; ``trace_writes`` logs each guest write
-    request (QEMU trace ``virtio_blk_handle_write``) so a test can kill QEMU
-    while the N-th write of a boot is in flight.
+    ``iops_limit`` (disk requests per second, QEMU ``throttling.iops-total``)
+    holds each request back for a while, so a kill lands while a given request
+    is pending; ``trace_writes`` logs each guest write request (QEMU trace
+    ``virtio_blk_handle_write``) so a test can kill QEMU while the N-th write of
+    a boot is still pending, i.e. before it reached the disk.
     """
 
-    def __init__(self, disk: Path, *, write_throttle: int | None = None, trace_writes: bool = False) -> None:
+    def __init__(self, disk: Path, *, iops_limit: int | None = None, trace_writes: bool = False) -> None:
         drive = f"if=none,id=d0,format=raw,file={disk}"
-        if write_throttle:
-            drive += f",throttling.iops-write={write_throttle}"
+        if iops_limit:
+            drive += f",throttling.iops-total={iops_limit}"
         cmd = [
             "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "256M",
             "-nographic", "-monitor", "none", "-nic", "none", "-no-reboot",
