@@ -55,6 +55,9 @@ _PREFIX = struct.Struct(">4sBBHII")
 _U32 = struct.Struct(">I")
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+"""Device and batch ids: they appear in URLs, file names and logs."""
+_RECORD_ID_RE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,512}")
+"""Record ids: any text without control characters (result keys are often file names), <= 512 chars."""
 _TOPIC_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 _zstd: types.ModuleType | None
@@ -108,9 +111,9 @@ class Record:
 
     def check(self, limits: Limits = DEFAULT_LIMITS) -> None:
         """Raise BatchFormatError when a field is outside what the format allows."""
-        if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
+        if not isinstance(self.id, str) or not _RECORD_ID_RE.fullmatch(self.id):
             raise BatchFormatError(
-                f"record id {self.id!r} is not 1-128 characters of [A-Za-z0-9._:@/+=-]"
+                f"record id {str(self.id)[:80]!r} is not 1-512 characters without control characters"
             )
         if not isinstance(self.topic, str) or not _TOPIC_RE.fullmatch(self.topic):
             raise BatchFormatError(f"record {self.id}: topic {self.topic!r} is not a lower-case name")

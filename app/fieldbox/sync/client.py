@@ -1,0 +1,307 @@
+"""The sync client: drains the store's outbox to an ingest server, and exchanges the config document.
+
+At-least-once sending, exactly-once effect: a batch carries each record's
+stable id; the server keeps one row per (device, id) and acknowledges the ids
+it has committed; the client deletes exactly those, after the answer arrived.
+A crash anywhere (before the send, during it, after the server's commit but
+before the delete) leaves the records in the outbox, and the next run sends
+them again; the server ignores the repeats. Nothing is kept in memory that the
+outbox does not also hold, so a restart simply resumes.
+
+Failures: a connection error, a timeout, a truncated or unreadable answer, a
+5xx or a 429 → exponential backoff with full jitter (``Retry-After`` honoured).
+A 400/413 for a batch (the server refuses its contents or size) → the batch is
+halved until the refused record stands alone; that record is dropped and
+counted (``sync.rejected`` event, ``sync.evicted`` telemetry) so one bad row
+cannot block the queue. Other 4xx (401, 403, 404: a configuration problem)
+back off like an outage, and are logged as errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from fieldbox.errors import BatchFormatError, ClockSkewError, SyncError
+from fieldbox.store import Store
+from fieldbox.sync import batch as wire
+from fieldbox.sync import configdoc, configstore, outbox
+from fieldbox.sync.backoff import Backoff, parse_retry_after
+from fieldbox.sync.batch import Batch, Codec
+from fieldbox.sync.config import SyncConfig
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "fieldbox-sync/1"
+
+
+@dataclass
+class SyncStats:
+    """Counters of one client's life (for logs, tests and the benchmark)."""
+
+    batches_sent: int = 0
+    records_acked: int = 0
+    bytes_sent: int = 0
+    failures: int = 0
+    evicted: int = 0
+    rejected: int = 0
+    config_syncs: int = 0
+    last_error: str = ""
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+class RetryLater(Exception):
+    """A send failed in a way worth retrying; ``retry_after`` is the server's hint in seconds."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Refused(Exception):
+    """The server refused the batch's contents or size (400/413): shrink or drop."""
+
+
+def _codec(name: str) -> Codec:
+    if name == "zlib":
+        return Codec.ZLIB
+    if name == "zstd":
+        if not Codec.ZSTD.available:
+            raise SyncError("sync.toml: codec = 'zstd' but python3-zstandard is not installed")
+        return Codec.ZSTD
+    return Codec.best_available()
+
+
+def make_session(config: SyncConfig) -> requests.Session:
+    """A keep-alive HTTP session with the configured mutual TLS (client cert, pinned server CA)."""
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    tls = config.tls
+    if (tls.client_cert is None) != (tls.client_key is None):
+        raise SyncError("sync.toml: tls.client_cert and tls.client_key go together")
+    for path in (tls.client_cert, tls.client_key, tls.server_ca):
+        if path is not None and not path.is_file():
+            raise SyncError(f"sync.toml: TLS file {path} does not exist", hint="provision the device first")
+    if tls.client_cert is not None and tls.client_key is not None:
+        session.cert = (str(tls.client_cert), str(tls.client_key))
+    if tls.server_ca is not None:
+        session.verify = str(tls.server_ca)  # only this CA: the server's certificate is pinned to it
+    return session
+
+
+class SyncClient:
+    """One device's sync loop over an open :class:`Store` (use from one thread)."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: SyncConfig,
+        *,
+        device_id: str | None = None,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.device_id = device_id or config.resolved_device_id()
+        self.codec = _codec(config.codec)
+        self.session = session if session is not None else make_session(config)
+        self.monotonic = clock
+        self.backoff = backoff or Backoff(
+            config.backoff.base_s, config.backoff.cap_s, config.backoff.max_retry_after_s
+        )
+        self.stats = SyncStats()
+        self.hlc = configstore.load_clock(store, self.device_id)
+        self._batch_limit = config.batch_max_records
+        self._next_attempt = 0.0
+        self._next_config = 0.0
+        self._last_bounds = -1e18
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, without a trailing slash."""
+        return self.config.server_url.rstrip("/")
+
+    # -- outbox bounds -----------------------------------------------------------------
+
+    def enforce_bounds(self) -> outbox.EvictionReport:
+        """Apply the eviction rule now; log what was dropped."""
+        report = outbox.enforce_bounds(self.store, self.config.outbox)
+        if report.total:
+            self.stats.evicted += report.total
+            log.warning(
+                "outbox over its bounds or TTL: dropped %d record(s) (%d bytes): %s",
+                report.total,
+                report.dropped_bytes,
+                ", ".join(f"{r} p{p}: {n}" for (r, p), n in sorted(report.dropped.items())),
+            )
+        self._last_bounds = self.monotonic()
+        return report
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _post(self, path: str, data: bytes, content_type: str) -> bytes:
+        try:
+            response = self.session.post(
+                self.url + path,
+                data=data,
+                headers={"Content-Type": content_type},
+                timeout=self.config.timeout_s,
+            )
+            body: bytes = response.content  # may raise on a truncated body
+        except requests.RequestException as exc:
+            raise RetryLater(f"{type(exc).__name__}: {exc}") from None
+        status = int(response.status_code)
+        self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
+        if status == 200:
+            return body
+        reason = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+        if status in (400, 413) and path == "/v1/batches":
+            raise Refused(reason)
+        if status == 429 or status >= 500:
+            raise RetryLater(reason, parse_retry_after(response.headers.get("Retry-After")))
+        log.error("server refused %s: %s (check server_url, certificates and device id)", path, reason)
+        raise RetryLater(reason, parse_retry_after(response.headers.get("Retry-After")))
+
+    def send_once(self) -> int:
+        """Send one batch from the head of the outbox; returns records acknowledged (0: queue empty).
+
+        Raises RetryLater when the attempt failed and should be retried later.
+        """
+        rows = outbox.pending(self.store, self._batch_limit, self.config.batch_max_bytes)
+        if not rows:
+            return 0
+        records = []
+        for row in rows:
+            try:
+                row.record.check()
+                records.append(row.record)
+            except BatchFormatError as exc:
+                self.stats.rejected += outbox.drop_unsendable(
+                    self.store, [(row.record.id, row.record.priority, exc.message)]
+                )
+                log.error("dropped unsendable outbox record %r: %s", row.record.id, exc.message)
+        if not records:
+            return 0
+        batch = Batch(self.device_id, f"{self.device_id}.{uuid.uuid4().hex[:16]}", tuple(records))
+        data = wire.encode(batch, self.codec)
+        try:
+            answer = self._post("/v1/batches", data, wire.CONTENT_TYPE)
+        except Refused as exc:
+            if len(records) == 1:
+                self.stats.rejected += outbox.drop_unsendable(
+                    self.store, [(records[0].id, records[0].priority, str(exc))]
+                )
+                log.error("server refused record %r, dropped it: %s", records[0].id, exc)
+            else:
+                self._batch_limit = max(1, len(records) // 2)
+                log.warning("server refused a batch of %d (%s); retrying in halves", len(records), exc)
+            return 0
+        self.stats.bytes_sent += len(data)
+        try:
+            ack = wire.decode_ack(answer, sent=[r.id for r in records])
+        except BatchFormatError as exc:
+            raise RetryLater(f"unreadable acknowledgement: {exc.message}") from None
+        deleted = outbox.delete(self.store, ack.accepted)
+        self.stats.batches_sent += 1
+        self.stats.records_acked += deleted
+        if self._batch_limit < self.config.batch_max_records:
+            self._batch_limit = min(self.config.batch_max_records, self._batch_limit * 2)
+        return len(ack.accepted)
+
+    # -- config document ---------------------------------------------------------------
+
+    def sync_config(self) -> set[str]:
+        """Push the local document, merge the server's answer; returns keys changed here."""
+        configstore.stamp_local_edits(self.store, self.hlc)
+        local = configstore.load_document(self.store)
+        answer = self._post(
+            f"/v1/devices/{self.device_id}/config", configdoc.encode(local), "application/json"
+        )
+        try:
+            remote = configdoc.decode(answer, "the server's config document")
+            changed = configstore.apply_remote(self.store, self.hlc, remote)
+        except ClockSkewError:
+            raise
+        except SyncError as exc:
+            raise RetryLater(f"unreadable config document: {exc.message}") from None
+        self.stats.config_syncs += 1
+        if changed:
+            log.info("config changed by the server: %s", ", ".join(sorted(changed)))
+        return changed
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Do one unit of work; return how long to sleep before the next (0 = go on at once)."""
+        now = self.monotonic()
+        if now - self._last_bounds >= self.config.idle_s:
+            self.enforce_bounds()
+        if not self.config.server_url:
+            return self.config.idle_s
+        if now < self._next_attempt:
+            return min(self._next_attempt - now, self.config.idle_s)
+        try:
+            if now >= self._next_config:
+                self.sync_config()
+                self._next_config = now + self.config.config_interval_s
+            sent = self.send_once()
+        except RetryLater as exc:
+            wait = self.backoff.failure(exc.retry_after)
+            self.stats.failures += 1
+            self.stats.last_error = exc.reason
+            self._next_attempt = self.monotonic() + wait
+            log.info("sync failed (%s); retrying in %.1f s", exc.reason, wait)
+            return min(wait, self.config.idle_s)
+        except ClockSkewError as exc:
+            self.stats.last_error = str(exc)
+            log.error("config sync refused: %s", exc)
+            self._next_config = now + self.config.config_interval_s
+            return 0.0
+        self.backoff.success()
+        return 0.0 if sent else self.config.idle_s
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set."""
+        log.info("sync: device %s -> %s", self.device_id, self.url or "(no server: keeping the outbox)")
+        while not stop.is_set():
+            delay = self.step()
+            if delay > 0:
+                stop.wait(delay)
+
+    def drain(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Send until the outbox is empty (True) or ``timeout_s`` passes (False); for tests and tools."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return False
+            if outbox.totals(self.store)[0] == 0:
+                return True
+            delay = self.step()
+            if delay > 0:
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        return outbox.totals(self.store)[0] == 0
+
+
+def describe(stats: SyncStats) -> dict[str, Any]:
+    """Stats as a JSON-ready dict."""
+    return {
+        "batches_sent": stats.batches_sent,
+        "records_acked": stats.records_acked,
+        "bytes_sent": stats.bytes_sent,
+        "failures": stats.failures,
+        "evicted": stats.evicted,
+        "rejected": stats.rejected,
+        "config_syncs": stats.config_syncs,
+        "last_error": stats.last_error,
+        "statuses": stats.statuses,
+    }
