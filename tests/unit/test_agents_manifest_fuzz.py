@@ -75,7 +75,7 @@ values = st.recursive(
         st.lists(inner, max_size=4),
         st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=5),
     ),
-    max_leaves=25,
+    max_leaves=12,
 )
 documents = st.dictionaries(st.sampled_from(KEYS), values, max_size=10)
 
@@ -91,7 +91,7 @@ def _mutate(base: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]
     return doc
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(documents)
 def test_arbitrary_documents_only_raise_config_error(doc: dict[str, Any]) -> None:
     with contextlib.suppress(ConfigError):
