@@ -227,3 +227,13 @@ def test_grayscale_and_rgba_and_exif_rotated_images(face: Agent, assets_dir: Pat
     faces = face.run(buf.getvalue())["detections"]
     assert len(faces) == 1
     assert np.isclose(faces[0]["box"]["xmin"], 177, atol=15)
+
+
+def test_oversized_images_are_refused_before_decoding(models_env: Path, tmp_path: Path) -> None:
+    path = write_manifest(tmp_path)
+    path.write_text(path.read_text().replace("[preprocess]\n", "[preprocess]\nmax_pixels = 10000\n"))
+    agent = load_agent(path)
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(buf, format="PNG")
+    with pytest.raises(InputError, match="200x100 pixels, more than the 10000 allowed"):
+        agent.run(buf.getvalue())
