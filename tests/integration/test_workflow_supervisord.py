@@ -1,0 +1,159 @@
+"""The device's services under the real supervisord on this host, with the image's own config.
+
+200 real photographs (distinct crops/flips/resizes of build/assets, JPEG and PNG,
+written as name.tmp then renamed) go into the inbox; every result must be in the
+encrypted store exactly once, the inbox empty, done/ holding all 200 — also when
+a program is killed with SIGKILL half way (supervisord restarts it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fieldbox.store import FileKeyProvider, Store
+from fieldbox.workflows.engine import FAILED_EVENT
+from fieldbox.workflows.items import result_keys
+from fieldbox_host.devstack import DevStack
+from fieldbox_host.photos import drop, variants
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "build" / "assets"
+WORKFLOW = "face-inbox"
+N = 200
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, stack: DevStack) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    tail = (stack.log_dir / "workflows.log").read_text()[-3000:]
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; workflows.log ends:\n{tail}")
+
+
+def count(directory: Path) -> int:
+    return len(os.listdir(directory)) if directory.exists() else 0
+
+
+def open_store(stack: DevStack) -> Store:
+    """Read the store the way `fieldbox store query` does: through the key, never creating it."""
+    return Store.open(
+        stack.data / "store" / "fieldbox.db", keys=FileKeyProvider(stack.data / "keys" / "kek"), create=False
+    )
+
+
+def assert_exactly_once(stack: DevStack, items: list[tuple[str, bytes]]) -> None:
+    expected = {k for name, data in items for k in result_keys(WORKFLOW, name, data, 1)}
+    with open_store(stack) as store:
+        assert store.count_results(WORKFLOW) == len(items)
+        keys: list[str] = []
+        after = 0
+        while page := store.results(WORKFLOW, limit=500, after_id=after):
+            keys += [r.key for r in page]
+            after = page[-1].id
+        assert all(r.priority == 2 for r in page or [])
+    assert len(keys) == len(set(keys)) == len(items)
+    assert set(keys) == expected
+    assert sorted(os.listdir(stack.data / "done")) == sorted(name for name, _ in items)
+    assert os.listdir(stack.inbox) == []
+    assert os.listdir(stack.data / "processing" / WORKFLOW) == []
+    assert count(stack.data / "failed") == 0
+
+
+def cli(stack: DevStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("fieldbox")), *args],
+        env=stack.env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_200_images_each_stored_exactly_once(devstack: DevStack):
+    items = list(variants(ASSETS, N, seed=1))
+    assert len({data for _, data in items}) == N
+    for name, data in items:
+        drop(devstack.inbox, name, data)
+    wait_for(lambda: count(devstack.data / "done") == N, 180, "200 files in done/", devstack)
+    assert_exactly_once(devstack, items)
+    # the image's supervisorctl section works against this supervisord
+    ctl = subprocess.run(
+        [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(devstack.conf), "status"],
+        env=devstack.env(), capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert ctl.returncode == 0, ctl.stdout + ctl.stderr
+    assert sorted(line.split()[0] for line in ctl.stdout.splitlines() if "RUNNING" in line) == [
+        "runner", "store", "workflows"
+    ]
+    status = cli(devstack, "workflow", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    counters = json.loads(status.stdout)["workflows"][WORKFLOW]
+    assert counters["done"] == N and counters["failed"] == 0
+    # one more through the socket trigger, and the same one again: stored once
+    name, data = next(iter(variants(ASSETS, 1, seed=99)))
+    path = devstack.data / name
+    path.write_bytes(data)
+    first = cli(devstack, "workflow", "submit", WORKFLOW, str(path), "--json")
+    again = cli(devstack, "workflow", "submit", WORKFLOW, str(path), "--json")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert json.loads(first.stdout)["stored"] == 1 and json.loads(again.stdout)["duplicate"] is True
+    with open_store(devstack) as store:
+        assert store.count_results(WORKFLOW) == N + 1
+
+
+@pytest.mark.parametrize("program", ["runner", "workflows", "store"])
+def test_kill_9_midway_still_exactly_once(devstack: DevStack, program: str):
+    items = list(variants(ASSETS, N, seed=2))
+    for name, data in items[: N // 2]:
+        drop(devstack.inbox, name, data)
+    done = devstack.data / "done"
+    wait_for(lambda: count(done) >= 30, 120, "30 files done before the kill", devstack)
+    victim = devstack.pid(program)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = count(done)
+    for name, data in items[N // 2 :]:
+        drop(devstack.inbox, name, data)
+    assert killed_at < N, "the kill came too late to test anything"
+    new_pids = devstack.wait_running([program], timeout=60, not_pids=[victim])
+    assert new_pids[program] != victim
+    wait_for(lambda: count(done) == N, 180, f"all {N} done after killing {program}", devstack)
+    assert_exactly_once(devstack, items)
+    log = (devstack.log_dir / "supervisord.log").read_text()
+    assert f"exited: {program} (terminated by SIGKILL" in log
+
+
+def test_bad_items_go_to_failed_with_reasons(devstack: DevStack):
+    good = list(variants(ASSETS, 20, seed=3))
+    jpeg = next(data for name, data in variants(ASSETS, 5, seed=4) if name.endswith(".jpg"))
+    bad = {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "empty.jpg": b"",
+        "notes.jpg": b"shopping list: eggs, milk\n" * 10,
+    }
+    for name, data in [*bad.items(), *good]:
+        drop(devstack.inbox, name, data)
+    failed = devstack.data / "failed"
+    wait_for(
+        lambda: count(devstack.data / "done") == len(good) and count(failed) == 2 * len(bad),
+        120, "good files done and bad ones failed", devstack,
+    )
+    for name in bad:
+        assert (failed / name).read_bytes() == bad[name]  # kept as it came, for a look
+        reason = (failed / f"{name}.reason").read_text()
+        assert reason.count("\n") == 1 and len(reason.strip()) > 5
+    assert "empty file" in (failed / "empty.jpg.reason").read_text()
+    with open_store(devstack) as store:
+        assert store.count_results(WORKFLOW) == len(good)
+        events = store.events(FAILED_EVENT, limit=100)
+    assert sorted(e.detail["item"] for e in events) == sorted(bad)
+    assert os.listdir(devstack.inbox) == []
