@@ -10,6 +10,7 @@ from fieldbox.cli import main as device_main
 
 HOST_COMMANDS: tuple[str, ...] = (
     "fieldbox_host.commands.serve",
+    "fieldbox_host.commands.dev",
     "fieldbox_host.commands.build",
     "fieldbox_host.commands.emulate",
 )
