@@ -49,6 +49,15 @@ test: host-deps venv assets models lint
 test-unit: venv assets models
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+# The device's services (store, runner, workflows) under the real supervisord with
+# the image's own config, over a temporary data dir; Ctrl-C stops. RUN_LOCAL_ARGS=--data DIR
+RUN_LOCAL_ARGS ?=
+run-local: venv assets models
+	$(FIELDBOX) dev up $(RUN_LOCAL_ARGS)
+
+test-integration: venv assets models
+	$(VENV)/bin/pytest tests/integration -m integration $(PYTEST_ARGS)
+
 # Debian packages the image build and the QEMU system tests need, and qemu-aarch64 binfmt.
 host-deps:
 	bash image/host-deps.sh
