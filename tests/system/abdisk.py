@@ -55,8 +55,11 @@ def _run(*cmd: str, stdin: bytes | None = None) -> bytes:
     return proc.stdout
 
 
-def make_disk(workdir: Path, *, slots: tuple[str, ...] = ("A", "B")) -> Path:
-    """A test disk whose listed slots hold a stand-in ``/boot/vmlinuz`` and ``/boot/initrd.img``."""
+def make_disk(workdir: Path, *, slots: tuple[str, ...] = ("A", "B"), sd_card: bool = False) -> Path:
+    """A test disk whose listed slots hold a stand-in ``/boot/vmlinuz`` and ``/boot/initrd.img``.
+
+    ``sd_card``: pad it to 64 MiB, a power of two, as QEMU's raspi3b SD card needs.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     disk = workdir / "disk.img"
     with open(disk, "wb") as handle:
@@ -89,6 +92,8 @@ def make_disk(workdir: Path, *, slots: tuple[str, ...] = ("A", "B")) -> Path:
         part.unlink(missing_ok=True)
         _run("mke2fs", "-q", "-F", "-t", "ext4", "-d", str(root), str(part), f"{PARTS[number][1] // 2}k")
         _dd(part, disk, PARTS[number][0])
+    if sd_card:
+        os.truncate(disk, 64 * 1024 * 1024)
     return disk
 
 
@@ -146,16 +151,33 @@ class UBoot:
     a boot is still pending, i.e. before it reached the disk.
     """
 
-    def __init__(self, disk: Path, *, iops_limit: int | None = None, trace_writes: bool = False) -> None:
-        drive = f"if=none,id=d0,format=raw,file={disk}"
-        if iops_limit:
-            drive += f",throttling.iops-total={iops_limit}"
-        cmd = [
-            "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "256M",
-            "-nographic", "-monitor", "none", "-nic", "none", "-no-reboot",
-            "-bios", str(UBOOT_QEMU),
-            "-drive", drive, "-device", "virtio-blk-device,drive=d0",
-        ]
+    def __init__(
+        self,
+        disk: Path,
+        *,
+        iops_limit: int | None = None,
+        trace_writes: bool = False,
+        rpi: tuple[Path, Path] | None = None,
+    ) -> None:
+        if rpi is not None:
+            # Raspberry Pi 3: rpi_arm64 U-Boot as the kernel, the Pi's DT, the disk as SD card,
+            # U-Boot's console on the second UART.
+            uboot_rpi, dtb = rpi
+            cmd = [
+                "qemu-system-aarch64", "-M", "raspi3b", "-kernel", str(uboot_rpi), "-dtb", str(dtb),
+                "-serial", "null", "-serial", "stdio", "-display", "none", "-monitor", "none",
+                "-no-reboot", "-drive", f"if=sd,format=raw,file={disk}",
+            ]  # fmt: skip
+        else:
+            drive = f"if=none,id=d0,format=raw,file={disk}"
+            if iops_limit:
+                drive += f",throttling.iops-total={iops_limit}"
+            cmd = [
+                "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "256M",
+                "-nographic", "-monitor", "none", "-nic", "none", "-no-reboot",
+                "-bios", str(UBOOT_QEMU),
+                "-drive", drive, "-device", "virtio-blk-device,drive=d0",
+            ]  # fmt: skip
         if trace_writes:
             cmd += ["-trace", "virtio_blk_handle_write"]
         self.started = time.monotonic()
@@ -212,7 +234,7 @@ class UBoot:
         assert self.proc.stdin is not None
         self.proc.stdin.write(b"\n")
         self.proc.stdin.flush()
-        self.wait_for(re.compile(rb"=> "))
+        self.wait_for(re.compile(rb"(?:=>|U-Boot>) "))  # qemu_arm64 / rpi_arm64 prompt
         self.proc.stdin.write(b"run distro_bootcmd\n")
         self.proc.stdin.flush()
 
@@ -249,11 +271,11 @@ def uboot(disk: Path, **kwargs: object) -> Iterator[UBoot]:
         machine.kill()
 
 
-def boot_once(disk: Path) -> tuple[str, int, str]:
+def boot_once(disk: Path, rpi: tuple[Path, Path] | None = None) -> tuple[str, int, str]:
     """One boot up to ``booti``: (slot booted, count it printed, console)."""
-    with uboot(disk) as machine:
+    with uboot(disk, rpi=rpi) as machine:
         machine.skip_autoboot_delay()
-        match = machine.wait_for(BOOTING)
+        match = machine.wait_for(BOOTING, timeout=60)
         return match.group(1).decode(), int(match.group(2), 16), machine.text()
 
 
