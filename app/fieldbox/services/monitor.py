@@ -1,0 +1,61 @@
+"""The ``monitor`` program: sample device health every ``interval_s``, write once per ``flush_s``.
+
+Settings: ``$FIELDBOX_ETC/monitor.toml`` (:class:`fieldbox.monitor.config.MonitorConfig`,
+optional). What is sampled, how it is down-sampled and bounded, and how it is
+synced: :mod:`fieldbox.monitor.sampler`, :mod:`fieldbox.monitor.telemetry`.
+On SIGTERM it writes what it holds before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+from fieldbox import paths
+from fieldbox.errors import StoreError
+from fieldbox.monitor.config import load_config
+from fieldbox.monitor.sampler import Sampler
+from fieldbox.monitor.telemetry import TelemetryBuffer
+from fieldbox.services.common import EXIT_OK, run_service
+from fieldbox.store import Store, default_db_path
+
+
+def main_body(log: logging.Logger, stop: threading.Event) -> int:
+    """Sample, buffer, flush, until stopped."""
+    config = load_config()
+    sampler = Sampler(paths.data_dir())
+    with Store.open(default_db_path()) as store:
+        buffer = TelemetryBuffer(
+            store,
+            tiers=config.tiers(),
+            max_rows=config.max_rows,
+            max_events=config.max_events,
+            sync_priority=config.sync_priority if config.sync else None,
+        )
+        next_flush = time.monotonic() + config.flush_s
+        while not stop.is_set():
+            buffer.add(time.time(), sampler.sample())
+            if time.monotonic() >= next_flush:
+                try:
+                    buffer.flush()
+                except StoreError as exc:  # keep sampling; the buffer is bounded
+                    log.error("cannot write telemetry: %s", exc)
+                next_flush = time.monotonic() + config.flush_s
+            stop.wait(config.interval_s)
+        try:
+            buffer.flush()
+        except StoreError as exc:
+            log.error("cannot write telemetry on exit: %s", exc)
+        log.info("monitor: %d flushes", buffer.flushes)
+    return EXIT_OK
+
+
+def main() -> int:
+    """Entry point: ``python3 -m fieldbox.services.monitor``."""
+    return run_service("monitor", main_body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
