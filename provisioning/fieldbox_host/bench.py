@@ -52,6 +52,7 @@ SECTIONS: dict[str, str] = {
     "store": "fieldbox_host.bench_store:bench",
     "models": "fieldbox_host.bench_models:bench",
     "runner": "fieldbox_host.bench_agents:bench",
+    "workflow": "fieldbox_host.bench_workflow:bench",
     "image": "fieldbox_host.bench_image:run",
 }
 
