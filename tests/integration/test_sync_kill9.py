@@ -1,0 +1,95 @@
+"""The real sync program (``python -m fieldbox.services.sync``) killed with SIGKILL 50 times mid-send."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sync_support import open_store, put_results, running_server
+
+from fieldbox.sync import outbox
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N = 4000
+KILLS = 50
+
+
+def _write_config(etc: Path, url: str) -> None:
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "sync.toml").write_text(
+        f'server_url = "{url}"\n'
+        'device_id = "dev-kill"\n'
+        "batch_max_records = 20\n"  # many small batches: many moments to be killed in
+        "idle_s = 0.05\n"
+        "timeout_s = 5.0\n"
+        "[backoff]\nbase_s = 0.02\ncap_s = 0.2\n"
+    )
+
+
+def test_kill_dash_nine_fifty_times_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store = open_store(data)
+    put_results(store, N, priorities=[0, 3, 6, 9])
+    store.close()
+    server_db = tmp_path / "server.sqlite"
+    rng = random.Random(2024)
+    env = {
+        **os.environ,
+        "FIELDBOX_DATA": str(data),
+        "FIELDBOX_ETC": str(tmp_path / "etc"),
+        "FIELDBOX_RUN": str(tmp_path / "run"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = (tmp_path / "sync.log").open("wb")
+    with running_server(server_db) as server:
+        _write_config(tmp_path / "etc", server.url)
+        kills = 0
+        progress: list[int] = []
+        deadline = time.monotonic() + 240
+        while kills < KILLS and time.monotonic() < deadline:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fieldbox.services.sync"], env=env, stdout=log, stderr=log
+            )
+            # Python start-up + imports take ~0.4-0.8 s here; kill somewhere around the first batches.
+            time.sleep(rng.uniform(0.3, 1.1))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            kills += 1
+            progress.append(len(server.db.records()))
+        # Finally let it run to the end.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fieldbox.services.sync"], env=env, stdout=log, stderr=log
+        )
+        try:
+            while time.monotonic() < deadline + 60:
+                if len(server.db.records()) >= N:
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)  # let it delete the last acknowledged batch
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        rows = server.db.records()
+        devices = {d.device: d for d in server.db.devices()}
+    log.close()
+    assert kills == KILLS
+    ids = [r[2] for r in rows]
+    assert len(ids) == N, f"{N - len(ids)} records lost"
+    assert len(set(ids)) == N
+    assert set(ids) == {f"results/img-{i:06d}" for i in range(N)}
+    # The kills really hit mid-run: progress was made between kills, and the server saw repeats
+    # (batches committed on the server but not yet deleted on the device when the kill came).
+    assert len(set(progress)) > 10, progress
+    assert devices["dev-kill"].duplicates > 0
+    store = open_store(data)
+    try:
+        assert outbox.totals(store)[0] == 0
+    finally:
+        store.close()
