@@ -92,9 +92,8 @@ def test_200_images_each_stored_exactly_once(devstack: DevStack):
         env=devstack.env(), capture_output=True, text=True, timeout=30, check=False,
     )
     assert ctl.returncode == 0, ctl.stdout + ctl.stderr
-    assert sorted(line.split()[0] for line in ctl.stdout.splitlines() if "RUNNING" in line) == [
-        "runner", "store", "workflows"
-    ]
+    running = {line.split()[0] for line in ctl.stdout.splitlines() if "RUNNING" in line}
+    assert {"runner", "store", "workflows"} <= running, ctl.stdout
     status = cli(devstack, "workflow", "status", "--json")
     assert status.returncode == 0, status.stderr
     counters = json.loads(status.stdout)["workflows"][WORKFLOW]
@@ -157,3 +156,47 @@ def test_bad_items_go_to_failed_with_reasons(devstack: DevStack):
         events = store.events(FAILED_EVENT, limit=100)
     assert sorted(e.detail["item"] for e in events) == sorted(bad)
     assert os.listdir(devstack.inbox) == []
+
+
+def test_dev_up_starts_and_ctrl_c_stops_everything(tmp_path: Path):
+    import tempfile
+
+    run = Path(tempfile.mkdtemp(prefix="fbx-"))
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("fieldbox")), "dev", "up", "--data", str(tmp_path / "d"),
+         "--run", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(lines)
+        assert "are RUNNING" in text, text
+        assert f"drop images into   {tmp_path / 'd' / 'inbox'}/" in text
+        pids = [int(p) for p in subprocess.run(
+            ["pgrep", "-f", "fieldbox.services.workflows"], capture_output=True, text=True, check=False
+        ).stdout.split()]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped; data kept in" in out
+        for pid in pids:  # nothing of this stack survives (others' stacks may run in parallel)
+            cmd = Path(f"/proc/{pid}/environ")
+            if cmd.exists() and str(run).encode() in cmd.read_bytes():
+                raise AssertionError(f"pid {pid} of this stack still runs")
+        assert (tmp_path / "d" / "log" / "workflows.log").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)

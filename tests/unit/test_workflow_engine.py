@@ -36,9 +36,6 @@ ASSETS = REPO / "build" / "assets"
 AGENTS = REPO / "rootfs-overlay" / "etc" / "fieldbox" / "agents"
 log = logging.getLogger("test")
 
-pytestmark = pytest.mark.skipif(
-    not (ASSETS / "face_detection_short_range.tflite").exists(), reason="run `make assets` first"
-)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -104,6 +101,8 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    if not (ASSETS / "face_detection_short_range.tflite").exists():
+        pytest.fail("build/assets is missing: run `make assets` (make test does)")
     run = Path(tempfile.mkdtemp(prefix="fbx-"))  # short: socket paths are limited to 107 bytes
     data = tmp_path / "data"
     monkeypatch.setenv("FIELDBOX_DATA", str(data))
