@@ -119,7 +119,9 @@ def qemu_command(
             "-chardev", f"socket,id=dbg,path={shell_socket},server=on,wait=off",
             "-device", "virtconsole,chardev=dbg",
         ]  # fmt: skip
-    cmd += ["-nic", "user,model=virtio-net-pci,restrict=on"] if network else ["-nic", "none"]
+    # virtio over MMIO like the disk (virtio-net-pci wants an iPXE ROM file we do not need)
+    cmd += (["-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0"]
+            if network else ["-nic", "none"])  # fmt: skip
     return cmd
 
 
@@ -299,7 +301,8 @@ class Machine:
         token = secrets.token_hex(4)
         s.settimeout(1.0)
         while True:
-            s.sendall(f"echo __FB_HELLO_{token}__\n".encode())
+            # quoted so that an echo of the input (tty echo on) can never match the answer
+            s.sendall(f"echo '__FB_HELLO_'{token}'__'\n".encode())
             try:
                 wait = min(2.0, max(0.1, deadline - time.monotonic()))
                 self._read_shell_until(f"__FB_HELLO_{token}__", wait)
@@ -324,7 +327,7 @@ class Machine:
             if not data:
                 self._close_shell()
                 raise QemuError("the debug shell connection closed")
-            self._shell_buf += data.decode("utf-8", errors="replace")
+            self._shell_buf += data.decode("utf-8", errors="replace").replace("\r\n", "\n")
         head, _, rest = self._shell_buf.partition(marker)
         self._shell_buf = rest
         return head
@@ -336,7 +339,8 @@ class Machine:
         token = secrets.token_hex(6)
         begin, end = f"__FB_BEGIN_{token}__", f"__FB_END_{token}__"
         script = (
-            f"echo {begin}; ( {command}\n) </dev/null 2>&1; printf '\\n{end} %d\\n' $?\n"
+            f"echo '__FB_BEGIN_'{token}'__'; ( {command}\n) </dev/null 2>&1; "
+            f"printf '\\n__FB_END_%s__ %d\\n' {token} $?\n"
         )
         self._shell.sendall(script.encode())
         self._read_shell_until(begin + "\n", timeout)

@@ -22,7 +22,9 @@ DEPS = {
 
 def test_directory_pattern_keeps_dependencies() -> None:
     keep = kmods.select(DEPS, ["fs/ext4/"])
-    assert keep == {"kernel/fs/ext4/ext4.ko", "kernel/lib/crc16.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko"}
+    assert keep == {
+        "kernel/fs/ext4/ext4.ko", "kernel/lib/crc16.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko",
+    }  # fmt: skip
 
 
 def test_glob_matches_compressed_module_names() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ def test_partitions_are_contiguous_aligned_and_named() -> None:
     parts = layout.partitions()
     assert [p.name for p in parts] == ["boot", "rootA", "rootB", "data"]
     assert parts[0].start_mib == layout.FIRST_MIB
-    for a, b in zip(parts, parts[1:], strict=False):
+    for a, b in itertools.pairwise(parts):
         assert a.start_mib + a.size_mib == b.start_mib
     assert parts[1].size_mib == parts[2].size_mib, "both root slots must hold the same root"
     assert layout.disk_size_bytes(parts) == (parts[-1].start_mib + parts[-1].size_mib) * layout.MIB

@@ -149,6 +149,22 @@ def build_image(opts: BuildOptions) -> BuildResult:
 
 
 def _tarball(opts: BuildOptions, root: Path, name: str) -> Path:
+    """Jetson: the root filesystem for L4T's ``Linux_for_Tegra/rootfs``.
+
+    L4T brings its own kernel, modules, initrd and bootloader (``apply_binaries.sh``,
+    ``flash.sh``), so Debian's kernel and modules are left out, and ``/sbin/init``
+    points at our PID 1 (L4T's extlinux boots the rootfs' ``/sbin/init``).
+    """
+    for p in (root / "boot").glob("*"):
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    modules = root / "usr/lib/modules"
+    if modules.exists():
+        shutil.rmtree(modules)
+    modules.mkdir()
+    init = root / "usr/sbin/init"
+    init.unlink(missing_ok=True)
+    init.symlink_to("fieldbox-init")
     out = opts.build_dir / f"{name}-jetson-rootfs.tar.zst"
     tmp = out.with_name(out.name + ".partial")
     run(["tar", "-C", root, "--numeric-owner", "--xattrs", "--zstd", "-cf", tmp, "."],
