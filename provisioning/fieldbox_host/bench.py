@@ -54,6 +54,7 @@ SECTIONS: dict[str, str] = {
     "runner": "fieldbox_host.bench_agents:bench",
     "workflow": "fieldbox_host.bench_workflow:bench",
     "image": "fieldbox_host.bench_image:run",
+    "sync": "fieldbox_host.bench_sync:bench",
 }
 
 
