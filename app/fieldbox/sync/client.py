@@ -80,20 +80,30 @@ def _codec(name: str) -> Codec:
     return Codec.best_available()
 
 
-def make_session(config: SyncConfig) -> requests.Session:
-    """A keep-alive HTTP session with the configured mutual TLS (client cert, pinned server CA)."""
-    session = requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
+def tls_arguments(config: SyncConfig) -> tuple[str | bool, tuple[str, str] | None]:
+    """``(verify, cert)`` for every request: the pinned CA file (or True: system CAs) and the client pair.
+
+    Passed per request, not set on the session: requests lets ``REQUESTS_CA_BUNDLE``
+    / ``CURL_CA_BUNDLE`` in the environment override a session's ``verify``, which
+    would silently undo the pin.
+    """
     tls = config.tls
     if (tls.client_cert is None) != (tls.client_key is None):
         raise SyncError("sync.toml: tls.client_cert and tls.client_key go together")
     for path in (tls.client_cert, tls.client_key, tls.server_ca):
         if path is not None and not path.is_file():
             raise SyncError(f"sync.toml: TLS file {path} does not exist", hint="provision the device first")
+    cert = None
     if tls.client_cert is not None and tls.client_key is not None:
-        session.cert = (str(tls.client_cert), str(tls.client_key))
-    if tls.server_ca is not None:
-        session.verify = str(tls.server_ca)  # only this CA: the server's certificate is pinned to it
+        cert = (str(tls.client_cert), str(tls.client_key))
+    verify: str | bool = str(tls.server_ca) if tls.server_ca is not None else True
+    return verify, cert
+
+
+def make_session() -> requests.Session:
+    """A keep-alive HTTP session."""
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
     return session
 
 
@@ -114,7 +124,8 @@ class SyncClient:
         self.config = config
         self.device_id = device_id or config.resolved_device_id()
         self.codec = _codec(config.codec)
-        self.session = session if session is not None else make_session(config)
+        self.verify, self.cert = tls_arguments(config)
+        self.session = session if session is not None else make_session()
         self.monotonic = clock
         self.backoff = backoff or Backoff(
             config.backoff.base_s, config.backoff.cap_s, config.backoff.max_retry_after_s
@@ -156,6 +167,8 @@ class SyncClient:
                 data=data,
                 headers={"Content-Type": content_type},
                 timeout=self.config.timeout_s,
+                verify=self.verify,
+                cert=self.cert,
             )
             body: bytes = response.content  # may raise on a truncated body
         except requests.RequestException as exc:
