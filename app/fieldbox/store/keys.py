@@ -28,11 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldbox.durable import atomic_write
-from fieldbox.errors import StoreError, WrongKeyError
+from fieldbox.errors import StoreError, StoreFullError, WrongKeyError
 from fieldbox.paths import data_dir
 
 log = logging.getLogger(__name__)
@@ -113,19 +115,40 @@ def aesgcm_unwrap(kek: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
         ) from None
 
 
+_dir_guard = threading.Lock()
+_dir_rlocks: dict[str, threading.RLock] = {}
+_dir_depth: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def locked_dir(directory: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``directory`` so that only one process creates key material.
 
     Two services opening a fresh store at once must agree on one key; locking
-    the directory itself leaves no lock files behind.
+    the directory itself leaves no lock files behind. Re-entrant within a
+    thread (the store's directory may also hold the KEK: a second ``flock`` on
+    a new descriptor would wait for ourselves) and exclusive between threads.
     """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    name = os.path.realpath(directory)
+    with _dir_guard:
+        rlock = _dir_rlocks.setdefault(name, threading.RLock())
+    with rlock:
+        depth = _dir_depth.get(name, 0)
+        if depth:
+            _dir_depth[name] = depth + 1
+            try:
+                yield
+            finally:
+                _dir_depth[name] = depth
+            return
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _dir_depth[name] = 1
+            yield
+        finally:
+            _dir_depth[name] = 0
+            os.close(fd)  # closing releases the lock
 
 
 def make_private_dir(directory: Path) -> None:
@@ -139,6 +162,19 @@ def make_private_dir(directory: Path) -> None:
                 hint="check that the data partition is mounted and writable",
             ) from exc
         directory.chmod(0o700)
+
+
+def durable_write(path: Path, data: bytes, what: str) -> None:
+    """``atomic_write`` a root-only file, with a full disk reported as :class:`StoreFullError`."""
+    try:
+        atomic_write(path, data, mode=0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(
+                f"disk full while writing the {what} {path}; nothing was created",
+                hint="free space on the data partition, then retry",
+            ) from exc
+        raise StoreError(f"cannot write the {what} {path}: {exc.strerror}") from exc
 
 
 _warned: set[Path] = set()
@@ -183,7 +219,7 @@ class FileKeyProvider:
             make_private_dir(self.path.parent)
             with locked_dir(self.path.parent):
                 if not self.path.exists():
-                    atomic_write(self.path, os.urandom(KEK_BYTES), mode=0o600)
+                    durable_write(self.path, os.urandom(KEK_BYTES), "key-encryption key")
                     log.warning("created key-encryption key %s", self.path)
         self._warn_once()
         try:
@@ -242,7 +278,7 @@ def write_new_key(key_path: Path, provider: KeyProvider, cipher: dict[str, str |
         "wrapped": base64.b64encode(wrapped).decode("ascii"),
         "sqlcipher": cipher,
     }
-    atomic_write(key_path, (json.dumps(doc, indent=1) + "\n").encode(), mode=0o600)
+    durable_write(key_path, (json.dumps(doc, indent=1) + "\n").encode(), "store key file")
     return StoreKey(dek, dict(cipher))
 
 

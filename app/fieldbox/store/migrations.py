@@ -17,6 +17,7 @@ TEXT; ``priority`` is 0 (most urgent) to 9 (least), default 5.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,7 @@ LATEST = len(MIGRATIONS)
 """The schema version this code writes."""
 
 
-def check_numbering(migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+def check_numbering(migrations: Sequence[Migration] = MIGRATIONS) -> None:
     """Migrations must be numbered 1, 2, 3, ... in order (a gap would skip a step)."""
     for index, migration in enumerate(migrations, start=1):
         if migration.version != index:
@@ -146,33 +147,42 @@ def schema_version(conn: Any) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: Any, label: str, target: int = LATEST) -> int:
+def migrate(
+    conn: Any, label: str, target: int | None = None, migrations: Sequence[Migration] | None = None
+) -> int:
     """Bring the database on ``conn`` (autocommit mode) up to ``target``; return the version reached.
 
     ``conn`` is any DB-API connection with ``isolation_level=None`` (SQLCipher
     or plain ``sqlite3``); driver errors propagate for the caller to translate.
-    ``label`` names the database in errors.
+    ``label`` names the database in errors. ``target`` defaults to the last
+    migration; ``migrations`` to :data:`MIGRATIONS` (tests pass their own).
     """
-    check_numbering()
-    current = schema_version(conn)
-    if current > LATEST:
+    steps = tuple(MIGRATIONS if migrations is None else migrations)
+    latest = len(steps)
+    target = latest if target is None else target
+    check_numbering(steps)
+    # One statement, so one snapshot: another process may be migrating right now.
+    current, app_id, tables = conn.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version), "
+        "(SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)"
+    ).fetchone()
+    if current > latest:
         raise StoreError(
-            f"store {label} has schema version {current}, newer than this fieldbox knows ({LATEST})",
+            f"store {label} has schema version {current}, newer than this fieldbox knows ({latest})",
             hint="update fieldbox on this device; an older version must not write to it",
         )
     if current > 0:
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
         if app_id != APPLICATION_ID:
             raise StoreError(
                 f"{label} is a database but not a fieldbox store (application_id {app_id:#x})",
                 hint="point --db at a fieldbox store",
             )
-    elif conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+    elif tables:
         raise StoreError(
             f"{label} is a database with tables but not a fieldbox store",
             hint="point --db at a fieldbox store",
         )
-    for migration in MIGRATIONS[current:target]:
+    for migration in steps[current:target]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated while we waited for the lock.
