@@ -72,7 +72,9 @@ def test_put_results_reports_each_row_and_skips_duplicates(store: Store) -> None
 
 
 def test_every_stored_result_has_its_outbox_record(store: Store) -> None:
-    store.put_results([ResultIn(f"k{i}", "wf", "agent", f"item{i}", {"i": i}, priority=i % 10) for i in range(25)])
+    store.put_results(
+        [ResultIn(f"k{i}", "wf", "agent", f"item{i}", {"i": i}, priority=i % 10) for i in range(25)]
+    )
     store.put_result("single", "wf2", "agent", "x", {"é": "ünïcode"}, priority=1)
     rows = store.query("SELECT topic, record_id, priority, created_at, expires_at, size, payload FROM outbox")
     assert len(rows) == store.count_results() == 26
@@ -91,11 +93,18 @@ def test_every_stored_result_has_its_outbox_record(store: Store) -> None:
             "priority": stored.priority,
             "result": stored.result,
         }
-        assert (priority, created_at, expires_at, size) == (stored.priority, stored.created_at, None, len(payload))
+        assert (priority, created_at, expires_at, size) == (
+            stored.priority,
+            stored.created_at,
+            None,
+            len(payload),
+        )
 
 
 def test_results_paging_and_filter(store: Store) -> None:
-    store.put_results([ResultIn(f"k{i:02d}", "even" if i % 2 == 0 else "odd", "a", "i", {"i": i}) for i in range(10)])
+    store.put_results(
+        [ResultIn(f"k{i:02d}", "even" if i % 2 == 0 else "odd", "a", "i", {"i": i}) for i in range(10)]
+    )
     first = store.results(limit=4)
     assert [r.result["i"] for r in first] == [0, 1, 2, 3]
     nxt = store.results(limit=4, after_id=first[-1].id)
@@ -156,7 +165,10 @@ def test_telemetry_and_events(store: Store) -> None:
     second = store.add_event("boot")
     assert second > first
     events = store.events()
-    assert [(e.kind, e.detail) for e in events] == [("boot", None), ("program-exit", {"name": "runner", "code": -9})]
+    assert [(e.kind, e.detail) for e in events] == [
+        ("boot", None),
+        ("program-exit", {"name": "runner", "code": -9}),
+    ]
     assert [e.kind for e in store.events(kind="boot")] == ["boot"]
 
 
@@ -167,7 +179,10 @@ def test_info_reports_schema_counts_files_and_key_caveat(store: Store) -> None:
     assert info.counts["results"] == 1 and info.counts["outbox"] == 1
     assert "fieldbox.db" in info.file_sizes and "fieldbox.db.key" in info.file_sizes
     assert info.key_provider.startswith("file ")
-    assert info.key_warning is not None and "protects nothing against someone holding the card" in info.key_warning
+    assert (
+        info.key_warning is not None
+        and "protects nothing against someone holding the card" in info.key_warning
+    )
     assert info.page_size == 4096
     store.check()  # an intact store passes
 
