@@ -171,7 +171,7 @@ def durable_write(path: Path, data: bytes, what: str) -> None:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreFullError(
-                f"disk full while writing the {what} {path}; nothing was created",
+                f"disk full while writing the {what} {path}; no key was created",
                 hint="free space on the data partition, then retry",
             ) from exc
         raise StoreError(f"cannot write the {what} {path}: {exc.strerror}") from exc
