@@ -46,6 +46,11 @@ def test_compression_shrinks_repetitive_results(codec: Codec) -> None:
     assert len(data) < 500 * len(payload) / 5
 
 
+def test_record_ids_may_be_file_names() -> None:
+    rec = Record("results/inbox/Photo 01 – été.jpg", "results", 5, 1.0, b"{}")
+    assert wire.decode(wire.encode(Batch("dev", "b", (rec,)))).records == (rec,)
+
+
 def test_binary_payload_survives() -> None:
     payload = bytes(range(256)) * 4
     batch = Batch("dev", "b", (Record("x", "telemetry", 0, 0.0, payload),))
@@ -56,8 +61,8 @@ def test_binary_payload_survives() -> None:
     ("record", "message"),
     [
         (Record("", "results", 0, 0.0, b""), "record id"),
-        (Record("a b", "results", 0, 0.0, b""), "record id"),
-        (Record("x" * 129, "results", 0, 0.0, b""), "record id"),
+        (Record("a\nb", "results", 0, 0.0, b""), "record id"),
+        (Record("x" * 513, "results", 0, 0.0, b""), "record id"),
         (Record("ok", "Results", 0, 0.0, b""), "topic"),
         (Record("ok", "results", 5000, 0.0, b""), "priority"),
         (Record("ok", "results", 0, float("nan"), b""), "created_at"),
