@@ -8,8 +8,9 @@ run back to back, alternating, ``REPEATS`` times on fresh files, and the best
 adds time, so the minimum is the steadiest estimate of each side's own cost
 (the convention of ``timeit``).
 
-* **ours**: :meth:`fieldbox.store.Store.put_results` (batched path) and
-  :meth:`~fieldbox.store.Store.put_result` (one transaction per result), i.e.
+* **ours**: :meth:`fieldbox.store.Store.put_results` (the batched path, which
+  carries the ≥ 75% target) and :meth:`~fieldbox.store.Store.put_result` (one
+  transaction per result, shown without a target), i.e.
   validation, JSON encoding, the duplicate check, the results row and its
   outbox row, through SQLCipher 4 with a raw 256-bit key.
 * **baseline**: what one would write with plain ``sqlite3`` for the same job,
@@ -224,8 +225,7 @@ def _single(rows: list[ResultIn]) -> Row:
         "results/s",
         base_rate,
         "plain sqlite3, 1 row/transaction",
-        f"≥ {TARGET_RATIO:.0%}",
-        rate / base_rate >= TARGET_RATIO,
+        note="no target: the 75% target is for the batched path above; see the README on per-commit cost",
     )
 
 
