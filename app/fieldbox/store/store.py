@@ -290,27 +290,46 @@ class Store:
         encoded = [_Encoded(row, now) for row in rows]
         if not encoded:
             return []
+        # The batch's own repeats are found here; keys already stored, by the database.
+        seen: set[str] = set()
+        unique: list[_Encoded] = []
+        for e in encoded:
+            if e.key not in seen:
+                seen.add(e.key)
+                unique.append(e)
         with self.transaction("storing results") as conn:
-            keys = [e.key for e in encoded]
-            existing: set[str] = set()
-            for start in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                existing.update(
-                    k for (k,) in conn.execute(f"SELECT key FROM results WHERE key IN ({marks})", chunk)
-                )
-            flags: list[bool] = []
-            new: list[_Encoded] = []
-            for e in encoded:
-                fresh = e.key not in existing
-                if fresh:
-                    existing.add(e.key)
-                    new.append(e)
-                flags.append(fresh)
-            if new:
+            # Optimistic: a batch of new keys (the normal case) costs no extra lookups;
+            # the UNIQUE index refuses a stored key and the savepoint undoes the attempt.
+            conn.execute("SAVEPOINT put_results")
+            try:
+                conn.executemany(_INSERT_RESULT, [e.result_row for e in unique])
+                new = unique
+            except sqlcipher3.IntegrityError:
+                conn.execute("ROLLBACK TO put_results")
+                new = self._only_new(conn, unique)
                 conn.executemany(_INSERT_RESULT, [e.result_row for e in new])
+            conn.execute("RELEASE put_results")
+            if new:
                 conn.executemany(_INSERT_OUTBOX, [e.outbox_row for e in new])
+        stored = {e.key for e in new}
+        flags: list[bool] = []
+        for e in encoded:
+            flags.append(e.key in stored)
+            stored.discard(e.key)  # a repeat later in the batch reports False
         return flags
+
+    @staticmethod
+    def _only_new(conn: Connection, rows: list[_Encoded]) -> list[_Encoded]:
+        """The rows whose keys are not stored yet (inside the caller's write transaction)."""
+        existing: set[str] = set()
+        keys = [e.key for e in rows]
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            existing.update(
+                k for (k,) in conn.execute(f"SELECT key FROM results WHERE key IN ({marks})", chunk)
+            )
+        return [e for e in rows if e.key not in existing]
 
     def has_result(self, key: str) -> bool:
         """True when a result with ``key`` is stored."""
