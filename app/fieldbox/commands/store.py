@@ -30,8 +30,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = parser.add_subparsers(dest="store_verb", metavar="SUBVERB", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--db", type=Path, default=None, help="store file (default: %(default)s → data dir)")
-        p.add_argument("--kek", type=Path, default=None, help="key-encryption key file (default: data dir)")
+        p.add_argument(
+            "--db", type=Path, default=None, help="store file (default: $FIELDBOX_DATA/store/fieldbox.db)"
+        )
+        p.add_argument(
+            "--kek",
+            type=Path,
+            default=None,
+            help="key-encryption key file (default: $FIELDBOX_DATA/keys/kek)",
+        )
 
     query = verbs.add_parser("query", help="print stored results (a table, or JSON)")
     common(query)
