@@ -14,6 +14,7 @@ file that is missing, empty, not a TFLite flatbuffer or that fails to allocate
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import importlib
 import os
@@ -200,6 +201,9 @@ def check_in_child(cls: Any, content: bytes, source: str) -> None:
         return
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
+        # A crash here is the expected outcome for a bad model; the parent
+        # reports it in one line, so no fatal-error dump on stderr.
+        faulthandler.disable()
         code = 0
         try:
             raw = cls(model_content=content, num_threads=1)
