@@ -36,6 +36,7 @@ import socket
 import subprocess
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,50 @@ def create_overlay(image: Path, overlay: Path, grow_mib: int = 0) -> None:
         raise QemuError(f"qemu-img create failed: {proc.stderr.strip()}")
 
 
+UBOOT_ENV_SIZE = 0x40000
+"""qemu_arm64 U-Boot: environment in flash bank 1 at offset 0, 256 KiB, CRC32 header, no redundancy."""
+FLASH_BANK_BYTES = 64 * 1024 * 1024
+PRESET = {b"bootdelay": b"0", b"boot_targets": b"virtio0"}
+"""What the preset environment changes: no 2 s autoboot countdown, no scan of absent
+qfw/usb/scsi devices; the boot itself still runs U-Boot's distro boot and our boot.scr."""
+
+
+def default_env(uboot_bin: Path = UBOOT_BIN) -> dict[bytes, bytes] | None:
+    """U-Boot's built-in default environment, read out of ``u-boot.bin`` (None if not found)."""
+    data = uboot_bin.read_bytes()
+    start = data.find(b"\0bootcmd=")
+    if start < 0:
+        return None
+    end = data.find(b"\0\0", start + 1)
+    env: dict[bytes, bytes] = {}
+    for entry in data[start + 1 : end].split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if not sep:
+            return None
+        env[key] = value
+    return env if b"distro_bootcmd" in env and b"kernel_addr_r" in env else None
+
+
+def write_env_flash(path: Path, uboot_bin: Path = UBOOT_BIN) -> bool:
+    """Flash bank 1 holding U-Boot's default environment with :data:`PRESET` applied.
+
+    QEMU's U-Boot cannot ``saveenv`` (QEMU 7.2 pflash), but it reads a valid
+    environment from flash at start; this is the emulator's equivalent of a
+    board whose environment was set once. Returns False (boot with U-Boot's
+    defaults) if the default environment cannot be found in this u-boot.bin.
+    """
+    env = default_env(uboot_bin)
+    if env is None:
+        return False
+    env.update(PRESET)
+    body = b"".join(k + b"=" + v + b"\0" for k, v in env.items()) + b"\0"
+    area = body.ljust(UBOOT_ENV_SIZE - 4, b"\0")
+    with open(path, "wb") as fh:
+        fh.write(zlib.crc32(area).to_bytes(4, "little") + area)
+        fh.truncate(FLASH_BANK_BYTES)
+    return True
+
+
 def qemu_command(
     overlay: Path,
     *,
@@ -99,6 +144,7 @@ def qemu_command(
     serial_port: int = 0,
     shell_socket: Path | None = None,
     network: bool = True,
+    env_flash: Path | None = None,
 ) -> list[str]:
     """The qemu-system-aarch64 command line for one boot of the overlay."""
     cmd = [
@@ -107,6 +153,8 @@ def qemu_command(
         "-drive", f"if=none,id=d0,format=qcow2,file={overlay}", "-device", "virtio-blk-device,drive=d0",
         "-device", "virtio-rng-device",
     ]  # fmt: skip
+    if env_flash is not None:
+        cmd += ["-drive", f"if=pflash,unit=1,format=raw,file={env_flash}"]
     if serial == "stdio":
         cmd += ["-serial", "mon:stdio"]
     elif serial == "tcp":
@@ -172,8 +220,10 @@ class Machine:
         if shell_sock is not None:
             shell_sock.unlink(missing_ok=True)
         port = free_port()
+        flash = self.workdir / "uboot-env.flash"
+        env_flash = flash if write_env_flash(flash) else None
         cmd = qemu_command(self.overlay, memory_mib=self.memory_mib, smp=self.smp, serial="tcp",
-                           serial_port=port, shell_socket=shell_sock)  # fmt: skip
+                           serial_port=port, shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
         log = open(self.workdir / "qemu.stderr", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.started_at = time.monotonic()
@@ -432,8 +482,10 @@ def run_interactive(image: Path, workdir: Path, *, memory_mib: int = 512, smp: i
     if not keep_state or not overlay.exists():
         create_overlay(image, overlay, grow_mib=512)
     shell_sock = workdir / "hvc0.sock" if debug_shell else None
+    flash = workdir / "uboot-env.flash"
+    env_flash = flash if write_env_flash(flash) else None
     cmd = qemu_command(overlay, memory_mib=memory_mib, smp=smp, serial=serial, serial_port=port,
-                       shell_socket=shell_sock)  # fmt: skip
+                       shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
     if serial == "tcp":
         print(f"fieldbox emulate: waiting for a console client on 127.0.0.1:{port} "
               f"(e.g. `fieldbox provision socket://127.0.0.1:{port}` or `nc 127.0.0.1 {port}`)", flush=True)

@@ -10,11 +10,13 @@ like a finished image.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,24 @@ def build_image(opts: BuildOptions) -> BuildResult:
     source = source_dir()
     hostcheck.check_build_host(opts.build_dir)
     models(opts.build_dir)  # fail now, not after the rootfs
+    with _build_lock(opts.build_dir):
+        return _build_locked(opts, board, source)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """One build at a time per build directory (they share work/ and cache/)."""
+    with open(build_dir / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImageError(
+                f"another build is running in {build_dir}", "wait for it, or use another --build-dir"
+            ) from None
+        yield
+
+
+def _build_locked(opts: BuildOptions, board: boards.Board, source: Path) -> BuildResult:
     result = BuildResult(board=board.name, version=opts.version)
     timer = _Timer(result)
     started = time.monotonic()

@@ -165,7 +165,10 @@ def compile_python(root: Path) -> None:
 
 def smoke_import(root: Path) -> None:
     """Import the wheels and fieldbox with the device's python (qemu-user): catches ABI mistakes."""
-    code = "import tflite_runtime.interpreter, sqlcipher3, numpy, fieldbox.cli; print('ok')"
+    code = (
+        "import tflite_runtime.interpreter, sqlcipher3, numpy, supervisor.supervisord, fieldbox.cli; "
+        "print('ok')"
+    )
     try:
         out = subprocess.run(
             ["chroot", str(root), "/usr/bin/python3", "-c", code],

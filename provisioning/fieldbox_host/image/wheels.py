@@ -85,8 +85,35 @@ def fetch(source: Path, cache_dir: Path) -> list[Wheel]:
     return out
 
 
+SCRIPT = """#!/usr/bin/python3
+# console script of the {dist} wheel
+import sys
+
+from {module} import {func}
+
+sys.exit({func}())
+"""
+
+
+def console_scripts(entry_points: str) -> dict[str, tuple[str, str]]:
+    """``[console_scripts]`` of an ``entry_points.txt``: name -> (module, function)."""
+    out: dict[str, tuple[str, str]] = {}
+    section = ""
+    for raw in entry_points.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line.strip("[]").strip()
+        elif section == "console_scripts" and "=" in line:
+            name, _, target = line.partition("=")
+            module, _, func = target.strip().partition(":")
+            if module and func:
+                out[name.strip()] = (module.strip(), func.strip().split()[0])
+    return out
+
+
 def install(wheels: list[Wheel], root: Path) -> None:
-    """Unzip each wheel into the rootfs' site-packages (``*.data/{purelib,platlib}`` merged in)."""
+    """Unzip each wheel into the rootfs' site-packages (``*.data/{purelib,platlib}`` merged in),
+    and write its console scripts to ``/usr/local/bin``."""
     site = root / SITE
     site.mkdir(parents=True, exist_ok=True)
     for wheel in wheels:
@@ -110,3 +137,12 @@ def install(wheels: list[Wheel], root: Path) -> None:
                     dst.write(src.read())
                 mode = (info.external_attr >> 16) & 0o777
                 target.chmod(mode or 0o644)
+            for name in zf.namelist():
+                if name.endswith(".dist-info/entry_points.txt"):
+                    scripts = console_scripts(zf.read(name).decode("utf-8"))
+                    bindir = root / "usr/local/bin"
+                    bindir.mkdir(parents=True, exist_ok=True)
+                    for script, (module, func) in scripts.items():
+                        path = bindir / script
+                        path.write_text(SCRIPT.format(dist=wheel.name, module=module, func=func))
+                        path.chmod(0o755)
