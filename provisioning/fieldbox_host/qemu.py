@@ -76,11 +76,17 @@ def free_port() -> int:
         return port
 
 
-def create_overlay(image: Path, overlay: Path, grow_mib: int = 0) -> None:
-    """A qcow2 overlay over the raw ``image`` (virtual size = image + ``grow_mib``)."""
+def create_overlay(image: Path, overlay: Path, grow_mib: int = 0, power_of_two: bool = False) -> None:
+    """A qcow2 overlay over the raw ``image`` (virtual size = image + ``grow_mib``).
+
+    ``power_of_two`` rounds the size up to a power of two, which QEMU's SD card
+    model (``-M raspi3b``) requires.
+    """
     if not image.is_file():
         raise QemuError(f"image {image} does not exist", "run `make image` first")
     size = image.stat().st_size + grow_mib * 1024 * 1024
+    if power_of_two:
+        size = 1 << (size - 1).bit_length()
     overlay.unlink(missing_ok=True)
     proc = subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()),
@@ -135,6 +141,42 @@ def write_env_flash(path: Path, uboot_bin: Path = UBOOT_BIN) -> bool:
     return True
 
 
+BOOT_PARTITION_OFFSET = 4 * 1024 * 1024
+"""Byte offset of p1 in a fieldbox image (``fieldbox_host.image.layout.FIRST_MIB``)."""
+RASPI_DTB = "bcm2837-rpi-3-b.dtb"
+
+
+def raspi_files(image: Path, workdir: Path) -> tuple[Path, Path]:
+    """The Pi boot path's U-Boot (``kernel8.img``) and device tree, copied out of the image's p1.
+
+    QEMU's ``-M raspi3b`` has no GPU firmware to run ``bootcode.bin``/``start.elf``,
+    so it is given what that firmware would load: the image's own 64-bit U-Boot and DT.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = (workdir / "kernel8.img", workdir / RASPI_DTB)
+    for path in out:
+        proc = subprocess.run(
+            ["mcopy", "-n", "-o", "-i", f"{image}@@{BOOT_PARTITION_OFFSET}", f"::/{path.name}", str(path)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise QemuError(f"cannot read {path.name} from the image's boot partition: {proc.stderr.strip()}")
+    return out
+
+
+def raspi_command(
+    overlay: Path, kernel8: Path, dtb: Path, serial_port: int, serial: str = "tcp"
+) -> list[str]:
+    """``-M raspi3b`` (1 GiB, fixed): the SD card is the overlay; console on the mini UART (2nd serial)."""
+    tcp = f"tcp:127.0.0.1:{serial_port},server=on,wait=on"
+    console = ["-serial", "mon:stdio"] if serial == "stdio" else ["-monitor", "none", "-serial", tcp]
+    return [
+        QEMU, "-M", "raspi3b", "-kernel", str(kernel8), "-dtb", str(dtb), "-display", "none",
+        "-name", "fieldbox-raspi3b", "-serial", "null", *console,
+        "-drive", f"if=sd,format=qcow2,file={overlay}",
+    ]  # fmt: skip
+
+
 def qemu_command(
     overlay: Path,
     *,
@@ -185,7 +227,11 @@ class Machine:
         smp: int = 2,
         grow_mib: int = 512,
         debug_shell: bool = True,
+        board: str = "virt",
     ) -> None:
+        if board not in ("virt", "raspi3b"):
+            raise QemuError(f"unknown QEMU machine {board!r}", "use virt or raspi3b")
+        self.board = board
         self.image = image
         self.workdir = workdir
         self.memory_mib = memory_mib
@@ -214,16 +260,22 @@ class Machine:
         if self.proc is not None:
             raise QemuError("the machine is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        raspi = self.board == "raspi3b"
         if fresh or not self.overlay.exists():
-            create_overlay(self.image, self.overlay, self.grow_mib)
-        shell_sock = self.workdir / "hvc0.sock" if self.debug_shell else None
-        if shell_sock is not None:
-            shell_sock.unlink(missing_ok=True)
+            create_overlay(self.image, self.overlay, self.grow_mib, power_of_two=raspi)
         port = free_port()
-        flash = self.workdir / "uboot-env.flash"
-        env_flash = flash if write_env_flash(flash) else None
-        cmd = qemu_command(self.overlay, memory_mib=self.memory_mib, smp=self.smp, serial="tcp",
-                           serial_port=port, shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
+        if raspi:  # no virtio on the Pi: no debug shell, no preset environment
+            self.debug_shell = False
+            kernel8, dtb = raspi_files(self.image, self.workdir)
+            cmd = raspi_command(self.overlay, kernel8, dtb, port)
+        else:
+            shell_sock = self.workdir / "hvc0.sock" if self.debug_shell else None
+            if shell_sock is not None:
+                shell_sock.unlink(missing_ok=True)
+            flash = self.workdir / "uboot-env.flash"
+            env_flash = flash if write_env_flash(flash) else None
+            cmd = qemu_command(self.overlay, memory_mib=self.memory_mib, smp=self.smp, serial="tcp",
+                               serial_port=port, shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
         log = open(self.workdir / "qemu.stderr", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.started_at = time.monotonic()
@@ -475,17 +527,22 @@ class Machine:
 
 def run_interactive(image: Path, workdir: Path, *, memory_mib: int = 512, smp: int = 2,
                     serial: str = "stdio", port: int = 4321, keep_state: bool = False,
-                    debug_shell: bool = False) -> int:
+                    debug_shell: bool = False, board: str = "virt") -> int:
     """``fieldbox emulate``: boot, console on this terminal (or a TCP port); return QEMU's exit code."""
     workdir.mkdir(parents=True, exist_ok=True)
     overlay = workdir / "overlay.qcow2"
+    raspi = board == "raspi3b"
     if not keep_state or not overlay.exists():
-        create_overlay(image, overlay, grow_mib=512)
-    shell_sock = workdir / "hvc0.sock" if debug_shell else None
-    flash = workdir / "uboot-env.flash"
-    env_flash = flash if write_env_flash(flash) else None
-    cmd = qemu_command(overlay, memory_mib=memory_mib, smp=smp, serial=serial, serial_port=port,
-                       shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
+        create_overlay(image, overlay, grow_mib=512, power_of_two=raspi)
+    shell_sock = workdir / "hvc0.sock" if debug_shell and not raspi else None
+    if raspi:
+        kernel8, dtb = raspi_files(image, workdir)
+        cmd = raspi_command(overlay, kernel8, dtb, port, serial)
+    else:
+        flash = workdir / "uboot-env.flash"
+        env_flash = flash if write_env_flash(flash) else None
+        cmd = qemu_command(overlay, memory_mib=memory_mib, smp=smp, serial=serial, serial_port=port,
+                           shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
     if serial == "tcp":
         print(f"fieldbox emulate: waiting for a console client on 127.0.0.1:{port} "
               f"(e.g. `fieldbox provision socket://127.0.0.1:{port}` or `nc 127.0.0.1 {port}`)", flush=True)

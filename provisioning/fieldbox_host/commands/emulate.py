@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=4321, help="TCP port for --serial tcp (default 4321)")
     parser.add_argument("--memory", type=int, default=512, help="guest memory in MiB (default 512)")
     parser.add_argument("--smp", type=int, default=2, help="guest CPUs (default 2)")
+    parser.add_argument(
+        "--machine", choices=("virt", "raspi3b"), default="virt",
+        help="QEMU machine: virt (default) or raspi3b (the Pi boot path: the image's own rpi_arm64 "
+        "U-Boot and device tree, SD card, 1 GiB; slow)",
+    )  # fmt: skip
     parser.add_argument("--keep-state", action="store_true", help="reuse the overlay of the last run")
     parser.add_argument(
         "--debug-shell", action="store_true",
@@ -49,5 +54,5 @@ def _emulate(args: argparse.Namespace) -> int:
     check_qemu()
     return run_interactive(
         args.image, args.workdir, memory_mib=args.memory, smp=args.smp, serial=args.serial,
-        port=args.port, keep_state=args.keep_state, debug_shell=args.debug_shell,
+        port=args.port, keep_state=args.keep_state, debug_shell=args.debug_shell, board=args.machine,
     )  # fmt: skip
