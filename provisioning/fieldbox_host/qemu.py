@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -549,4 +550,15 @@ def run_interactive(image: Path, workdir: Path, *, memory_mib: int = 512, smp: i
     if shell_sock is not None:
         print(f"fieldbox emulate: debug shell on {shell_sock} (socat - UNIX-CONNECT:{shell_sock})",
               flush=True)
-    return subprocess.call(cmd, env=dict(os.environ))
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+
+    def stop(signum: int, frame: object) -> None:  # SIGTERM/SIGHUP: take QEMU down with us
+        proc.terminate()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()

@@ -48,3 +48,29 @@ def test_debian_uboot_default_env_is_found() -> None:
 def test_console_scripts_parsed_from_entry_points() -> None:
     text = "[console_scripts]\nsupervisord = supervisor.supervisord:main\n\n[gui_scripts]\nx = y:z\n"
     assert console_scripts(text) == {"supervisord": ("supervisor.supervisord", "main")}
+
+
+def test_wheel_install_merges_data_dirs_and_writes_scripts(tmp_path: Path) -> None:
+    import zipfile
+
+    from fieldbox_host.image.errors import ImageError
+    from fieldbox_host.image.wheels import SITE, Wheel, install
+
+    whl = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr("demo/__init__.py", "X = 1\n")
+        zf.writestr("demo-1.0.data/purelib/demo_extra.py", "Y = 2\n")
+        zf.writestr("demo-1.0.data/scripts/ignored", "#!/bin/sh\n")
+        zf.writestr("demo-1.0.dist-info/entry_points.txt", "[console_scripts]\ndemo = demo.cli:main\n")
+    root = tmp_path / "root"
+    install([Wheel("demo", "1.0", whl)], root)
+    assert (root / SITE / "demo/__init__.py").read_text() == "X = 1\n"
+    assert (root / SITE / "demo_extra.py").exists()
+    script = (root / "usr/local/bin/demo").read_text()
+    assert script.startswith("#!/usr/bin/python3") and "from demo.cli import main" in script
+
+    evil = tmp_path / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../etc/passwd", "x")
+    with pytest.raises(ImageError, match="escapes site-packages"):
+        install([Wheel("evil", "1.0", evil)], root)
