@@ -46,7 +46,7 @@ def _ensure_models() -> None:
 def fieldbox_image(assets_dir: Path) -> BuildResult:
     """The appliance image, built (or rebuilt from cache) once per test session."""
     _ensure_models()
-    result = build_image(BuildOptions(build_dir=BUILD, compress=False))
+    result = build_image(BuildOptions(build_dir=BUILD))
     print("\n" + summary(result), file=sys.stderr)
     assert result.image is not None and result.image.is_file()
     return result

@@ -89,3 +89,9 @@ def test_unpinned_wheel_is_refused(tmp_path: Path) -> None:
     (tmp_path / "image/wheels.txt").write_text("# comment\ntflite-runtime>=2\n")
     with pytest.raises(ImageError, match="is not pinned"):
         wheels.requirements(tmp_path)
+
+
+def test_non_root_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostcheck.os, "geteuid", lambda: 1000)
+    with pytest.raises(HostError, match="needs root"):
+        hostcheck.check_root()
