@@ -233,7 +233,7 @@ def _disk(
         stale.unlink(missing_ok=True)
     tmp = out.with_name(out.name + ".partial")
     disk.assemble(tmp, parts, contents)
-    table = disk.read_table(tmp)
+    table = disk.read_table(tmp, out.name)
     digests = {out.name: sha256_file(tmp)}
     if opts.compress:
         ztmp = zst.with_name(zst.name + ".partial")

@@ -88,6 +88,7 @@ def assemble(image: Path, parts: list[layout.Partition], contents: dict[int, Pat
             copy_into(image, part, contents[part.number])
 
 
-def read_table(image: Path) -> str:
-    """The image's partition table as ``sfdisk --dump`` prints it (for the manifest)."""
-    return run(["sfdisk", "--dump", image], what="sfdisk --dump")
+def read_table(image: Path, name: str) -> str:
+    """The image's partition table as ``sfdisk --dump`` prints it, the file called ``name``
+    (the manifest names the final image, not the build host's temporary path)."""
+    return run(["sfdisk", "--dump", image], what="sfdisk --dump").replace(str(image), name)
