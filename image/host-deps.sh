@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   qemu-user-static binfmt-support qemu-system-arm qemu-utils
   mmdebstrap u-boot-qemu u-boot-tools dosfstools mtools e2fsprogs fdisk
-  zstd busybox ca-certificates arch-test
+  zstd busybox ca-certificates arch-test libubootenv-tool
 )
 
 missing=()

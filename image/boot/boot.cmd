@@ -82,7 +82,7 @@ fi
 # Device tree and console: QEMU passes its DT to U-Boot (fdtcontroladdr); the
 # Pi firmware loads the board's DT at fdt_addr.
 if test "${board}" = rpi; then
-  setenv fb_fdt ${fdt_addr}; setenv fb_console "console=ttyS1,115200 console=tty1"
+  setenv fb_fdt ${fdt_addr}; setenv fb_console "console=tty1 console=ttyS1,115200"
 else
   setenv fb_fdt ${fdtcontroladdr}; setenv fb_console "console=ttyAMA0,115200"
 fi

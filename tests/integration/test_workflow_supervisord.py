@@ -108,6 +108,14 @@ def test_200_images_each_stored_exactly_once(devstack: DevStack):
     assert json.loads(first.stdout)["stored"] == 1 and json.loads(again.stdout)["duplicate"] is True
     with open_store(devstack) as store:
         assert store.count_results(WORKFLOW) == N + 1
+    # the runner serves every shipped agent, and has timed the detector's runs
+    agents = cli(devstack, "agent", "status", "--json")
+    assert agents.returncode == 0, agents.stdout + agents.stderr
+    served = json.loads(agents.stdout)
+    assert served["broken"] == {}
+    shipped = {p.stem for p in (REPO / "rootfs-overlay/etc/fieldbox/agents").glob("*.toml")}
+    assert set(served["agents"]) == shipped
+    assert served["agents"]["face-detector"]["count"] >= N
 
 
 @pytest.mark.parametrize("program", ["runner", "workflows", "store"])

@@ -47,6 +47,11 @@ def test_boots_to_ready_with_every_program_running(
     # first boot made the data filesystem and grew p4 to the end of the (larger) disk
     p4_sectors = int(booted.run("cat /sys/class/block/vda4/size").check())
     assert p4_sectors * 512 > layout.DATA_MIB * layout.MIB
+    # the runner serves every shipped agent: models, labels and self-test samples are all in the image
+    agents = booted.run("fieldbox agent status", timeout=120)
+    assert agents.rc == 0, agents.output
+    for manifest in (ROOT / "rootfs-overlay/etc/fieldbox/agents").glob("*.toml"):
+        assert re.search(rf"^{re.escape(manifest.stem)}\s", agents.output, re.M), agents.output
     memory = used_memory_mib(booted)
     record_property("ready_seconds", round(booted.ready_seconds, 1))
     record_property("used_memory_mib", round(memory, 1))

@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     schema = sub.add_parser("schema", help="print every manifest key with its type, default and meaning")
     schema.set_defaults(func=_schema)
 
+    status = sub.add_parser(
+        "status",
+        help="ask the running runner program which agents it serves, with latency and memory; "
+        "exit 1 if any manifest failed to load",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_status)
+
 
 def _count(text: str) -> int:
     value = int(text)
@@ -291,3 +299,36 @@ def _schema(args: argparse.Namespace) -> int:
     for key, type_, default, doc in rows:
         print(f"{key:<{width}}  {type_}  [{default}]\n{'':<{width}}  {doc}")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """What the runner program serves: loaded agents with their statistics, and broken manifests."""
+    from fieldbox.services.clients import RunnerClient
+
+    client = RunnerClient(timeout=30.0)
+    try:
+        ping = client.ping()
+        stats = client.stats()
+    finally:
+        client.close()
+    broken: dict[str, str] = ping.get("broken", {})
+    if args.json:
+        print(json.dumps({"agents": stats, "broken": broken}, indent=2, sort_keys=True))
+    else:
+        heads = ("runs", "p50 ms", "p95 ms", "p99 ms", "rss MiB")
+        print(f"{'agent':<24} {'kind':<18} " + " ".join(f"{h:>{6 if h == 'runs' else 8}}" for h in heads))
+        for name in sorted(stats):
+            st = stats[name]
+            rss = st.get("rss_bytes")
+            print(
+                f"{name:<24} {st.get('kind', '?'):<18} {st.get('count', 0):>6} {_ms(st.get('p50_ms'))} "
+                f"{_ms(st.get('p95_ms'))} {_ms(st.get('p99_ms'))} "
+                f"{_ms(rss / 2**20 if isinstance(rss, int) else None)}"
+            )
+        for name, why in sorted(broken.items()):
+            print(f"{name:<24} NOT LOADED: {why}")
+    return 1 if broken else 0
+
+
+def _ms(value: Any) -> str:
+    return f"{value:>8.2f}" if isinstance(value, int | float) else f"{'-':>8}"

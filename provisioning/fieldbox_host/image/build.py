@@ -79,12 +79,25 @@ def image_name(version: str) -> str:
     return f"fieldbox-{version}-arm64"
 
 
-def models(build_dir: Path) -> list[Path]:
-    """The model files the image carries: the face detector asset plus any built models."""
+def models(build_dir: Path) -> list[tuple[Path, str]]:
+    """The files the image carries in its models directory, as (source, relative name).
+
+    The face detector asset, plus every file the shipped manifests name from
+    ``build/models`` (models, labels, feature config, self-test samples), as
+    listed by :func:`fieldbox_host.models.build.device_files`.
+    """
+    from fieldbox_host.models.build import device_files
+
     face = build_dir / "assets/face_detection_short_range.tflite"
     if not face.is_file():
         raise ImageError(f"{face} is missing", "run `make assets` first")
-    return [face, *sorted((build_dir / "models").glob("*.tflite"))]
+    built = build_dir / "models"
+    files = [(face, face.name)]
+    for name in device_files(built):
+        if not (built / name).is_file():
+            raise ImageError(f"{built / name} is missing", "run `make models` first")
+        files.append((built / name, name))
+    return files
 
 
 class _Timer:
@@ -256,7 +269,7 @@ def _disk(
         "debian_packages": manifest.debian_packages(base.packages_file),
         "extra_debs": {p: debs.version(d) for p, d in extra.items()},
         "wheels": [{"name": w.name, "version": w.version, "file": w.path.name} for w in whl],
-        "models": [p.name for p in models(opts.build_dir)],
+        "models": [name for _, name in models(opts.build_dir)],
         "initramfs_modules": initramfs.module_order(root),
         "boot_partition": sorted(boot),
         "partitions": manifest.partitions_record(parts),

@@ -89,14 +89,15 @@ def install_fieldbox(source: Path, root: Path) -> None:
     entry.chmod(0o755)
 
 
-def install_models(models: list[Path], root: Path) -> list[str]:
-    """Copy model files into ``/usr/share/fieldbox/models``; return their names."""
+def install_models(models: list[tuple[Path, str]], root: Path) -> list[str]:
+    """Copy (source, relative name) pairs into ``/usr/share/fieldbox/models``; return the names."""
     dest = root / MODELS_DIR
-    dest.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    for model in models:
-        shutil.copy2(model, dest / model.name)
-        names.append(model.name)
+    for src, name in models:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+        names.append(name)
     return names
 
 
