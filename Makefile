@@ -11,7 +11,7 @@ MODELS := $(BUILD)/models
 PYTEST_ARGS ?=
 
 .PHONY: all venv assets models lint test test-unit test-integration test-system bench \
-        run-local host-deps image emulate flash clean
+        run-local host-deps image emulate clean
 
 all: test
 
@@ -44,7 +44,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: host-deps venv assets models lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 test-unit: venv assets models
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
