@@ -1,4 +1,7 @@
-"""The sync, monitor and events programs from rootfs-overlay under a real supervisord on the host."""
+"""The store, sync, monitor and events programs from rootfs-overlay under a real supervisord on the host.
+
+monitor and events write through the store writer's socket (they do not open the database).
+"""
 
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
         f"[unix_http_server]\nfile = {run}/supervisor.sock\n"
         "[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-        f"[include]\nfiles = {CONF_D}/sync.conf {CONF_D}/monitor.conf {CONF_D}/events.conf "
-        f"{tmp_path}/crash.conf\n"
+        f"[include]\nfiles = {CONF_D}/store.conf {CONF_D}/sync.conf {CONF_D}/monitor.conf "
+        f"{CONF_D}/events.conf {tmp_path}/crash.conf\n"
     )
     with running_server(tmp_path / "server.sqlite") as server:
         (etc / "sync.toml").write_text(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldbox.monitor.telemetry import DEFAULT_TIERS, TelemetryBuffer
+from fieldbox.monitor.telemetry import DEFAULT_TIERS, DirectSink, TelemetryBuffer
 from fieldbox.store import FileKeyProvider, Store
 
 METRICS = [("cpu.percent", None), ("mem.used_pct", None), ("temp.c", {"zone": "cpu-thermal"}),
@@ -57,7 +57,7 @@ def _simulate(buffer: TelemetryBuffer, seconds: float, interval: float = 10.0, f
 @pytest.mark.slow
 def test_a_simulated_week_stays_bounded_and_writes_once_a_minute(store: Store) -> None:
     counting = CountingStore(store)
-    buffer = TelemetryBuffer(counting, sync_priority=None)  # type: ignore[arg-type]
+    buffer = TelemetryBuffer(DirectSink(counting), sync_priority=None)  # type: ignore[arg-type]
     week = 7 * 86400.0
     end = _simulate(buffer, week)
     # Writes: one transaction per flush, one flush per simulated minute (+1 final).
@@ -82,7 +82,7 @@ def test_a_simulated_week_stays_bounded_and_writes_once_a_minute(store: Store) -
 
 
 def test_a_second_week_does_not_grow_the_table(store: Store) -> None:
-    buffer = TelemetryBuffer(store, sync_priority=None, downsample_every_s=600.0)
+    buffer = TelemetryBuffer(DirectSink(store), sync_priority=None, downsample_every_s=600.0)
     # Faster variant: flush hourly (the bound does not depend on the flush interval).
     end = _simulate(buffer, 8 * 86400.0, flush=3600.0)
     after_8 = store.query("SELECT count(*) FROM telemetry")[0][0]
@@ -92,13 +92,13 @@ def test_a_second_week_does_not_grow_the_table(store: Store) -> None:
 
 
 def test_hard_row_cap(store: Store) -> None:
-    buffer = TelemetryBuffer(store, sync_priority=None, max_rows=500)
+    buffer = TelemetryBuffer(DirectSink(store), sync_priority=None, max_rows=500)
     _simulate(buffer, 3 * 3600.0, flush=600.0)
     assert store.query("SELECT count(*) FROM telemetry")[0][0] <= 500 + len(METRICS) * 60
 
 
 def test_flush_queues_one_low_priority_sync_record_with_points_and_events(store: Store) -> None:
-    buffer = TelemetryBuffer(store, sync_priority=8)
+    buffer = TelemetryBuffer(DirectSink(store), sync_priority=8)
     store.add_event("process.exited", {"program": "runner"})
     buffer.add(START, [("cpu.percent", 12.5, None), ("temp.c", 48.0, {"zone": "cpu"})])
     buffer.flush(now=START + 60)
@@ -117,7 +117,7 @@ def test_flush_queues_one_low_priority_sync_record_with_points_and_events(store:
 
 
 def test_failed_flush_keeps_the_samples(store: Store, tmp_path: Path) -> None:
-    buffer = TelemetryBuffer(store, sync_priority=None)
+    buffer = TelemetryBuffer(DirectSink(store), sync_priority=None)
     buffer.add(START, [("cpu.percent", 1.0, None)])
     store.close()
     with pytest.raises(Exception, match="closed"):

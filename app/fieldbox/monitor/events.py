@@ -7,21 +7,45 @@ to READY. stdout belongs to the protocol, so logs go to stderr.
 
 Each event becomes an ``events`` row: kind ``process.exited`` (only when the
 exit was *not* expected), ``process.backoff`` or ``process.fatal``, with the
-program name, group, previous state, pid and expected flag as detail. If the
-store cannot be written, the event is logged to stderr and still acknowledged
-(otherwise supervisord would resend it forever and block other events).
+program name, group, previous state, pid and expected flag as detail.
+
+The listener does not open the database: events go to the store writer over
+its socket (``event`` request, acknowledged after COMMIT), so this process never
+loads SQLCipher or the key-unwrapping code. Sending happens in a background
+thread (:class:`EventForwarder`), so supervisord gets its ``RESULT`` at once
+even while the store writer is down or restarting (it is one of the programs
+whose exits we record). What the writer does not take yet waits in a bounded
+in-memory queue (:data:`MAX_PENDING`, oldest first) and is retried with
+backoff; nothing is dropped silently: every event is logged to stderr (the
+program's log under ``$FIELDBOX_DATA/log/events.log``) when it arrives, an
+event pushed out of a full queue is logged as "not recorded", and so is every
+event still unsent when the listener stops. An event recorded late carries
+``delayed_s`` in its detail (the store stamps the time it commits).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
 from fieldbox.errors import FieldboxError
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING = 1000
+"""Most events held while the store writer is unreachable; past that the oldest is logged and dropped."""
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
+"""Backoff between attempts while the store writer is unreachable (doubling from min to max)."""
+LATE_S = 5.0
+"""An event sent this long after it arrived gets ``delayed_s`` in its detail."""
 
 KINDS = {
     "PROCESS_STATE_EXITED": "process.exited",
@@ -93,15 +117,129 @@ def listen(
     return handled
 
 
+class EventForwarder:
+    """Sends events to the store in order, from a background thread, retrying while it is down.
+
+    :meth:`record` only queues (it never blocks on the store), so the listener
+    answers supervisord at once. ``send`` is e.g. ``StoreClient.add_event``;
+    a :class:`~fieldbox.errors.FieldboxError` from it means "not stored, try
+    again later".
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str, dict[str, Any]], object],
+        *,
+        max_pending: int = MAX_PENDING,
+        retry_min_s: float = RETRY_MIN_S,
+        retry_max_s: float = RETRY_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self.max_pending = max_pending
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self._clock = clock
+        self._pending: collections.deque[tuple[int, str, dict[str, Any], float]] = collections.deque()
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.sent = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="event-forwarder", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet acknowledged by the store."""
+        with self._cond:
+            return len(self._pending)
+
+    def record(self, kind: str, detail: dict[str, Any]) -> None:
+        """Queue one event for the store (drops and logs the oldest if the queue is full)."""
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                _, old_kind, old_detail, _ = self._pending.popleft()
+                self.dropped += 1
+                log.error(
+                    "event not recorded (queue of %d full): %s: %s", self.max_pending, old_kind, old_detail
+                )
+            self._pending.append((next(self._seq), kind, detail, self._clock()))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        delay = self.retry_min_s
+        failing = False
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                seq, kind, detail, arrived = self._pending[0]
+            late = self._clock() - arrived
+            to_send = {**detail, "delayed_s": round(late, 1)} if late >= LATE_S else detail
+            try:
+                self._send(kind, to_send)
+            except FieldboxError as exc:
+                if not failing:
+                    log.warning("store not taking events, will retry: %s", exc)
+                    failing = True
+                with self._cond:
+                    if self._closing:
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            except Exception:  # a bug, not an outage: retrying would loop forever
+                log.exception("event not recorded (cannot be sent): %s: %s", kind, detail)
+                self._forget(seq)
+                continue
+            if failing:
+                log.info("store taking events again")
+                failing = False
+            delay = self.retry_min_s
+            self._forget(seq)
+            self.sent += 1
+
+    def _forget(self, seq: int) -> None:
+        with self._cond:
+            if self._pending and self._pending[0][0] == seq:  # unless a full queue pushed it out
+                self._pending.popleft()
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Try to send what is queued for up to ``timeout`` s; log what is left; its count."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while self._pending and self._clock() < deadline and self._thread.is_alive():
+                self._cond.wait(0.1)
+            self._closing = True
+            self._cond.notify_all()
+            left = list(self._pending)
+            self._pending.clear()
+        for _, kind, detail, _ in left:
+            log.error("event not recorded (listener stopping): %s: %s", kind, detail)
+        self._thread.join(1.0)
+        return len(left)
+
+
 def main() -> int:
     """Entry point: ``python3 -m fieldbox.monitor.events`` (an ``[eventlistener:...]`` command)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from fieldbox.store import Store, default_db_path
+    from fieldbox.services.clients import StoreClient
 
-    with Store.open(default_db_path()) as store:
-        listen(lambda kind, detail: None if store.add_event(kind, detail) is None else None)
+    # supervisord stops us with SIGTERM: unwind (so close() logs what is unsent) instead of dying
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    client = StoreClient(timeout=10.0)
+    forwarder = EventForwarder(client.add_event)
+    try:
+        listen(forwarder.record)
+    finally:
+        forwarder.close()
+        client.close()
     return 0
 
 

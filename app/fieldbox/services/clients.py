@@ -9,7 +9,10 @@ runner.sock
 store.sock
     ``put``; payload = JSON list of results -> ``stored``: one flag per result
     (False: that key was already stored). Acknowledged after COMMIT (fsynced).
-    ``event`` ``kind`` ``detail`` -> ``id``
+    ``event`` ``kind`` ``detail`` -> ``id`` (acknowledged after COMMIT)
+    ``telemetry``; payload = a :class:`~fieldbox.monitor.telemetry.TelemetryBatch`
+    as JSON -> ``written`` (points inserted); one transaction, acknowledged
+    after COMMIT
     ``count`` ``workflow`` -> ``count``
     ``ping`` -> ``path``
 workflows.sock
@@ -27,6 +30,7 @@ from typing import Any
 
 from fieldbox import ipc
 from fieldbox.errors import ProtocolError
+from fieldbox.monitor.telemetry import TelemetryBatch
 from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET, WORKFLOWS_SOCKET, socket_path
 
 
@@ -86,6 +90,14 @@ class StoreClient:
     def add_event(self, kind: str, detail: dict[str, Any]) -> int:
         """Record an event (e.g. a failed item) in the store's event log."""
         return int(self.ipc.call("event", kind=kind, detail=detail).header.get("id", 0))
+
+    def write_telemetry(self, batch: TelemetryBatch) -> int:
+        """Commit one telemetry flush (a :class:`~fieldbox.monitor.telemetry.TelemetrySink`).
+
+        Returns only after the store writer committed it; raises otherwise
+        (the caller keeps the samples for the next flush).
+        """
+        return int(self.ipc.call("telemetry", batch.to_json()).header.get("written", 0))
 
     def count(self, workflow: str | None = None) -> int:
         """How many results are stored (for ``workflow``, or all)."""

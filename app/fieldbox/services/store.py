@@ -32,6 +32,7 @@ from typing import Any
 
 from fieldbox import ipc
 from fieldbox.errors import FieldboxError, ProtocolError, ServiceUnavailableError, StoreError
+from fieldbox.monitor.telemetry import TelemetryBatch, write_batch
 from fieldbox.services import STORE_SOCKET, socket_path
 from fieldbox.services.common import EXIT_OK, run_service
 from fieldbox.store import ResultIn, Store, default_db_path
@@ -187,6 +188,10 @@ class StoreWriter:
             detail = request.get("detail", dict, {})
             event_id = self._submit(_Other(lambda s: s.add_event(kind, detail), Future()))
             return ipc.Reply({"id": event_id})
+        if request.op == "telemetry":
+            batch = TelemetryBatch.from_json(request.payload)
+            written = self._submit(_Other(lambda s: write_batch(s, batch), Future()))
+            return ipc.Reply({"written": written})
         if request.op == "count":
             workflow = request.get("workflow", str, None)
             count = self._submit(_Other(lambda s: s.count_results(workflow), Future()))
@@ -195,7 +200,9 @@ class StoreWriter:
             return ipc.Reply(
                 {"path": str(self.db_path), "batches": self.batches, "committed": self.committed}
             )
-        raise ProtocolError(f"store: unknown request {request.op!r}", "known: put, event, count, ping")
+        raise ProtocolError(
+            f"store: unknown request {request.op!r}", "known: put, event, telemetry, count, ping"
+        )
 
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
