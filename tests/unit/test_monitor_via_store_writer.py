@@ -190,3 +190,9 @@ def test_forwarder_keeps_order_across_an_outage() -> None:
         time.sleep(0.02)
     assert forwarder.close() == 0
     assert got == [f"p{i}" for i in range(5)]
+
+
+def test_sync_service_loads_requests_only_when_it_sends() -> None:
+    code = "import sys, fieldbox.services.sync\nprint('requests' in sys.modules, 'urllib3' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

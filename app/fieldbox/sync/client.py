@@ -25,9 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from fieldbox.errors import BatchFormatError, ClockSkewError, SyncError
 from fieldbox.store import Store
@@ -36,6 +34,9 @@ from fieldbox.sync import configdoc, configstore, outbox
 from fieldbox.sync.backoff import Backoff, parse_retry_after
 from fieldbox.sync.batch import Batch, Codec
 from fieldbox.sync.config import SyncConfig
+
+if TYPE_CHECKING:  # imported where a request is made: most devices idle with no server set
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,14 @@ def tls_arguments(config: SyncConfig) -> tuple[str | bool, tuple[str, str] | Non
 
 
 def make_session() -> requests.Session:
-    """A keep-alive HTTP session."""
+    """A keep-alive HTTP session.
+
+    ``requests`` (with urllib3, http.client, ssl, email) is imported here and
+    not at module level: it costs several MiB in a process that, with no
+    ``server_url`` set, never sends anything.
+    """
+    import requests
+
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     return session
@@ -125,7 +133,7 @@ class SyncClient:
         self.device_id = device_id or config.resolved_device_id()
         self.codec = _codec(config.codec)
         self.verify, self.cert = tls_arguments(config)
-        self.session = session if session is not None else make_session()
+        self._session = session
         self.monotonic = clock
         self.backoff = backoff or Backoff(
             config.backoff.base_s, config.backoff.cap_s, config.backoff.max_retry_after_s
@@ -136,6 +144,13 @@ class SyncClient:
         self._next_attempt = 0.0
         self._next_config = 0.0
         self._last_bounds = -1e18
+
+    @property
+    def session(self) -> requests.Session:
+        """The HTTP session, made on first use (see :func:`make_session`)."""
+        if self._session is None:
+            self._session = make_session()
+        return self._session
 
     @property
     def url(self) -> str:
@@ -161,6 +176,8 @@ class SyncClient:
     # -- sending -----------------------------------------------------------------------
 
     def _post(self, path: str, data: bytes, content_type: str) -> bytes:
+        import requests  # already loaded by the session (see make_session)
+
         try:
             response = self.session.post(
                 self.url + path,
