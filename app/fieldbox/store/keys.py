@@ -40,9 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from fieldbox import aead
 from fieldbox.durable import atomic_write
 from fieldbox.errors import StoreError, StoreFullError, WrongKeyError
 from fieldbox.paths import data_dir
@@ -95,7 +93,7 @@ class KeyProvider(Protocol):
 def aesgcm_wrap(kek: bytes, dek: bytes, aad: bytes) -> bytes:
     """``nonce || AES-256-GCM(kek, dek, aad)`` (12 + len(dek) + 16 bytes)."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(kek).encrypt(nonce, dek, aad)
+    return nonce + aead.seal(kek, nonce, dek, aad)
 
 
 def aesgcm_unwrap(kek: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
@@ -106,8 +104,8 @@ def aesgcm_unwrap(kek: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
             hint="restore it from a backup; without it the store cannot be read",
         )
     try:
-        return AESGCM(kek).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
-    except InvalidTag:
+        return aead.open_sealed(kek, blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except aead.AuthenticationFailed:
         raise WrongKeyError(
             f"cannot unwrap {what}: the key-encryption key does not match it, or the file was altered",
             hint="use the key provider (and KEK) the store was created with, or restore the key file "
