@@ -37,10 +37,11 @@ autorestart = false
     return conf
 
 
-def _run(tmp_path: Path, program: str) -> str:
+def _run(tmp_path: Path, program: str, sockets: str = "") -> str:
     run = tmp_path / "run"
     run.mkdir()
     env = dict(os.environ, FIELDBOX_RUN=str(run), FIELDBOX_SLOT="A", FIELDBOX_VERSION="9.9",
+               FIELDBOX_READY_SOCKETS=sockets,
                FIELDBOX_SUPERVISORD_CONF=str(_conf(tmp_path, program)),
                FIELDBOX_CONSOLE=str(tmp_path / "console"))  # fmt: skip
     supervisord = Path(sys.executable).parent / "supervisord"
@@ -64,3 +65,15 @@ def test_ready_line_once_every_program_runs(tmp_path: Path) -> None:
 def test_degraded_line_names_the_fatal_program(tmp_path: Path) -> None:
     out = _run(tmp_path, "false")
     assert out.strip() == "fieldbox degraded: FATAL worker"
+
+
+def test_ready_waits_until_the_service_sockets_take_connections(tmp_path: Path) -> None:
+    """RUNNING after startsecs is not enough: a service still loading has no socket yet."""
+    serve_late = (
+        f"{sys.executable} -c \"import socket, time; time.sleep(4); s = socket.socket(socket.AF_UNIX); "
+        f"s.bind('{tmp_path}/run/svc.sock'); s.listen(); time.sleep(60)\""
+    )
+    started = time.monotonic()
+    out = _run(tmp_path, serve_late, sockets="svc.sock")
+    assert out.startswith("fieldbox ready: 1 programs RUNNING, ")
+    assert time.monotonic() - started >= 4, "ready came before the socket existed"
