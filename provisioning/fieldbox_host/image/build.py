@@ -311,6 +311,7 @@ def summary(result: BuildResult) -> str:
     lines += [
         f"  steps: {steps}",
         "  next: make emulate                  (boot it under QEMU, console here; Ctrl-A X quits)",
-        f"        fieldbox flash {result.image} /dev/sdX   (write it to an SD card)",
+        f"        zstdcat {result.image}.zst | dd of=/dev/sdX bs=4M conv=fsync"
+        "   (write it to an SD card; `fieldbox flash` is not written yet)",
     ]
     return "\n".join(lines)
