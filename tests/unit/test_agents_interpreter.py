@@ -70,3 +70,31 @@ def test_truncated_real_model_is_a_model_error(assets_dir: Path) -> None:
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
         open_model(tmp_path / "none.tflite")
+
+
+def test_probe_results_are_kept_across_processes_and_never_for_a_crash(
+    assets_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "probes"
+    monkeypatch.setenv("FIELDBOX_PROBE_CACHE", str(cache))
+    good = (assets_dir / "face_detection_short_range.tflite").read_bytes()
+    monkeypatch.setattr(interp_mod, "_CHECKED", set())
+    open_model_bytes(good, source="face.tflite")
+    (marker,) = cache.iterdir()
+    assert marker.name.startswith(__import__("hashlib").sha256(good).hexdigest() + "-tflite_runtime-")
+
+    # a new process (nothing checked in memory) trusts the marker: no fork at all
+    monkeypatch.setattr(interp_mod, "_CHECKED", set())
+
+    def no_fork() -> int:
+        raise AssertionError("probed again despite the marker")
+
+    monkeypatch.setattr(interp_mod.os, "fork", no_fork)
+    assert open_model_bytes(good, source="face.tflite").threads == 1
+    monkeypatch.undo()
+
+    # a model that crashes the runtime leaves no marker
+    monkeypatch.setenv("FIELDBOX_PROBE_CACHE", str(cache))
+    with pytest.raises(ModelError):
+        open_model_bytes(good[: len(good) // 3], source="half.tflite")
+    assert len(list(cache.iterdir())) == 1

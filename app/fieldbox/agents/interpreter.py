@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def open_model_bytes(content: bytes, threads: int = 1, source: str = "<model>") 
         )
     runtime, cls = runtime_class()
     threads = max(1, int(threads))
-    check_in_child(cls, content, source)
+    check_in_child(cls, content, source, runtime=runtime)
     try:
         raw = cls(model_content=content, num_threads=threads)
         raw.allocate_tensors()
@@ -186,24 +187,49 @@ _CHECKED: set[bytes] = set()
 CHILD_CHECK_TIMEOUT_S = 60.0
 
 
-def check_in_child(cls: Any, content: bytes, source: str) -> None:
-    """Load, allocate and invoke the model once in a forked child; ModelError if the child crashes.
+def _probe_marker(digest: bytes, runtime: str) -> Path | None:
+    """The file that records "this model did not crash this runtime", or None when not cached.
+
+    Set ``FIELDBOX_PROBE_CACHE`` (the device's init points it at
+    ``/data/cache/model-probes``) to keep probe results across boots: under
+    emulation, and on a small board, the probes cost seconds of every start.
+    The key is the model's sha256 and the runtime's name and version, so a
+    changed model or an updated runtime is probed again.
+    """
+    directory = os.environ.get("FIELDBOX_PROBE_CACHE")
+    if not directory:
+        return None
+    package = runtime.split(".")[0]
+    version = str(getattr(sys.modules.get(package), "__version__", "unknown"))
+    return Path(directory) / f"{digest.hex()}-{package}-{version}"
+
+
+def check_in_child(cls: Any, content: bytes, source: str, runtime: str = "") -> None:
+    """Load, allocate and invoke the model once in a forked child; ModelError if that fails.
 
     The TFLite runtimes build the interpreter from the flatbuffer without
     verifying it, so a malformed model (right identifier, wrong offsets) makes
-    them read out of bounds and kill the whole process with SIGSEGV. A Python
-    error in the child is not our concern here (the parent repeats the load and
-    reports it); only death by signal, or a hang, is. Done once per distinct
-    model content per process; skipped where ``os.fork`` does not exist.
+    them read out of bounds and kill the whole process with SIGSEGV. Any
+    failure in the child (signal, error, hang) is a ModelError here, and the
+    load is not retried in this process: on garbage, one attempt may raise and
+    the next crash. Done once per distinct model content per process (and per
+    boot-persistent marker, see :func:`_probe_marker`); skipped where
+    ``os.fork`` does not exist.
     """
     digest = hashlib.sha256(content).digest()
     if digest in _CHECKED or not hasattr(os, "fork"):
         return
+    marker = _probe_marker(digest, runtime)
+    if marker is not None and marker.exists():
+        _CHECKED.add(digest)
+        return
+    read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
         # A crash here is the expected outcome for a bad model; the parent
         # reports it in one line, so no fatal-error dump on stderr.
         faulthandler.disable()
+        os.close(read_fd)
         code = 0
         try:
             raw = cls(model_content=content, num_threads=1)
@@ -211,26 +237,45 @@ def check_in_child(cls: Any, content: bytes, source: str) -> None:
             for detail in raw.get_input_details():
                 raw.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
             raw.invoke()
-        except BaseException:
+        except BaseException as exc:
             code = 3
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            os.write(write_fd, text.encode("utf-8", "replace")[:500])
         os._exit(code)
-    deadline = time.monotonic() + CHILD_CHECK_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise ModelError(f"{source}: loading the model did not finish in {CHILD_CHECK_TIMEOUT_S:.0f} s")
-        time.sleep(0.002)
+    os.close(write_fd)
+    try:
+        deadline = time.monotonic() + CHILD_CHECK_TIMEOUT_S
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise ModelError(
+                    f"{source}: loading the model did not finish in {CHILD_CHECK_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.002)
+        reason = os.read(read_fd, 600).decode("utf-8", "replace")
+    finally:
+        os.close(read_fd)
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
         raise ModelError(
             f"{source}: malformed TFLite model: the runtime crashed ({name}) reading it",
             "the file is corrupt or was written wrongly; rebuild or fetch it again",
         )
+    if os.WEXITSTATUS(status) != 0:
+        # Never repeat a failed load in this process: on garbage the runtime may
+        # raise in one attempt and read out of bounds in the next.
+        raise ModelError(f"{source}: cannot load model: {reason or 'the runtime rejected it'}")
     _CHECKED.add(digest)
+    if marker is not None:
+        try:  # best effort: without the marker the next start probes again
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass
 
 
 def default_threads() -> int:
