@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tflite
 
-from fieldbox.agents.image import dequantize, quantize
 from fieldbox.agents.interpreter import open_model_bytes
+from fieldbox_host.models.build import run_model
 from fieldbox_host.models.export import (
     activation_quant,
     export_float32,
@@ -19,17 +19,6 @@ from fieldbox_host.models.export import (
 )
 from fieldbox_host.models.mlp import MLP, Dense, TrainConfig, softmax, train
 from fieldbox_host.models.tflite_writer import Activation, DType, GraphBuilder, Op, Quantization
-
-
-def _run(model: bytes, rows: np.ndarray) -> np.ndarray:
-    interp = open_model_bytes(model)
-    (inp,), (out,) = interp.input_details(), interp.output_details()
-    results = []
-    for row in rows:
-        interp.set_tensor(inp.index, quantize(row.reshape(inp.shape), inp))
-        interp.invoke()
-        results.append(dequantize(interp.get_tensor(out.index), out).reshape(-1))
-    return np.asarray(results, dtype=np.float64)
 
 
 def _random_mlp(seed: int, sizes: tuple[int, ...]) -> MLP:
@@ -45,7 +34,7 @@ def _random_mlp(seed: int, sizes: tuple[int, ...]) -> MLP:
 def test_float32_mlp_matches_numpy():
     mlp = _random_mlp(1, (12, 16, 8, 4))
     x = np.random.default_rng(2).normal(size=(50, 12)).astype(np.float32)
-    got = _run(export_float32(mlp, (1, 12), "test"), x)
+    got = run_model(export_float32(mlp, (1, 12), "test"), x)
     np.testing.assert_allclose(got, mlp.probs(x), atol=2e-6)
     assert np.array_equal(got.argmax(1), mlp.predict(x))
 
@@ -53,7 +42,7 @@ def test_float32_mlp_matches_numpy():
 def test_float32_image_input_reshapes_like_numpy():
     mlp = _random_mlp(3, (16, 8, 3))
     x = np.random.default_rng(4).random((20, 4, 4, 1)).astype(np.float32)
-    got = _run(export_float32(mlp, (1, 4, 4, 1), "test"), x)
+    got = run_model(export_float32(mlp, (1, 4, 4, 1), "test"), x)
     np.testing.assert_allclose(got, mlp.probs(x.reshape(20, 16)), atol=2e-6)
 
 
@@ -69,7 +58,7 @@ def test_int8_mlp_matches_integer_reference(io):
     expected = np.int8 if io == "int8" else np.float32
     assert interp.input_details()[0].dtype == expected
     assert interp.output_details()[0].dtype == expected
-    got = _run(model, x.astype(np.float32))
+    got = run_model(model, x.astype(np.float32))
     ref = int8_reference(plan, x)
     # Same integer arithmetic; TFLite's fixed-point requantization may round a value one step apart.
     assert np.abs(got - ref).max() <= 2 / 256
