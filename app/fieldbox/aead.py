@@ -1,115 +1,215 @@
-"""AES-256-GCM for wrapping the store's key, in this process or in a short-lived child.
+"""AES-256-GCM for wrapping the store's database key, in-process through OpenSSL's libcrypto.
 
-Why a child: importing ``cryptography`` (its Rust bindings and OpenSSL's
-initialisation) costs about 8 MiB of anonymous memory for the rest of the
-process's life, measured on the device image. The long-running services that
-open the store (the store writer, sync) need AES-GCM exactly once, to unwrap
-the database key at open; on a 512 MiB appliance that is 16 MiB held for
-nothing. After :func:`use_child_process`, :func:`seal` and :func:`open_sealed`
-run ``python3 -m fieldbox.aead`` instead: the key, nonce and data go through
-its stdin and the result comes back on its stdout (never through arguments,
-the environment or a file), and the child exits. Anything short-lived (the
-CLI, tests, benchmarks) keeps the in-process default.
+What: :func:`seal` and :func:`open_sealed` call OpenSSL's EVP AEAD interface
+(``EVP_aes_256_gcm`` with a 12-byte nonce and a 16-byte tag) through
+:mod:`ctypes`, in the calling process. No ``cryptography`` import, no child
+process.
 
-Child protocol: stdin is one JSON object ``{"op": "seal"|"open", "key",
-"nonce", "data", "aad"}`` (bytes as base64); stdout is the base64 result;
-exit 0 on success, :data:`EXIT_AUTH_FAILED` when the tag does not verify, 1
-with a one-line message on stderr for anything else.
+Why: the store writer and sync need AES-GCM exactly once, to unwrap the
+database key when they open the store, and that is on the boot's critical path
+(the store serves nothing until it returns). Importing ``cryptography`` costs
+about 1.6 s of CPU and 8 MiB of anonymous memory on the emulated device, and
+running it in a short-lived child instead (what this module used to do) cost
+about 2.5 s of CPU. ``libcrypto.so.3`` is the OpenSSL that Python's own
+``_hashlib`` and ``_ssl`` are linked against (and that ``cryptography`` uses on
+the device), so it is usually mapped already: loading it through ctypes costs
+next to nothing. It is loaded lazily on the first call and kept.
+
+Each call uses a fresh ``EVP_CIPHER_CTX``, freed before returning, so the
+functions are safe to call from several threads.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import subprocess
-import sys
+import ctypes
+import threading
+from typing import NoReturn
 
 from fieldbox.errors import StoreError
 
-EXIT_AUTH_FAILED = 3
-CHILD_TIMEOUT_S = 120.0
-"""Generous: the child imports cryptography, which takes seconds on a slow (or emulated) CPU."""
+KEY_BYTES = 32
+"""AES-256 key size."""
 
-_in_child = False
+NONCE_BYTES = 12
+"""GCM nonce size (96 bits, the size GCM is specified for and what ``fieldbox.store.keys`` uses)."""
+
+TAG_BYTES = 16
+"""Size of the authentication tag appended to the ciphertext."""
+
+_MAX_LEN = 2**31 - 1 - TAG_BYTES
+"""OpenSSL's EVP update calls take an ``int`` length."""
+
+_LIBRARY = "libcrypto.so.3"
+
+# From <openssl/evp.h> (the same values in OpenSSL 1.1 and 3.x).
+_EVP_CTRL_GCM_SET_IVLEN = 0x9
+_EVP_CTRL_GCM_GET_TAG = 0x10
+_EVP_CTRL_GCM_SET_TAG = 0x11
 
 
 class AuthenticationFailed(Exception):
-    """The GCM tag did not verify: wrong key, wrong associated data, or altered ciphertext."""
+    """The GCM tag did not verify: wrong key, wrong associated data, or altered (or truncated) ciphertext."""
 
 
-def use_child_process(enabled: bool = True) -> None:
-    """From now on, do AES-GCM in a child process (for long-running services; see the module doc)."""
-    global _in_child
-    _in_child = enabled
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
 
 
 def seal(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM encrypt: ciphertext with its 16-byte tag appended."""
-    return _child("seal", key, nonce, data, aad) if _in_child else _local("seal", key, nonce, data, aad)
+    """AES-256-GCM encrypt ``data`` authenticating ``aad``: ciphertext with its 16-byte tag appended."""
+    _check(key, nonce, data, aad)
+    lib = _libcrypto()
+    ctx = lib.EVP_CIPHER_CTX_new()
+    if not ctx:
+        _fail(lib, "EVP_CIPHER_CTX_new")
+    try:
+        _ok(lib, lib.EVP_EncryptInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None), "EVP_EncryptInit_ex")
+        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, NONCE_BYTES, None), "set IV length")
+        _ok(lib, lib.EVP_EncryptInit_ex(ctx, None, None, key, nonce), "EVP_EncryptInit_ex(key, iv)")
+        outl = ctypes.c_int(0)
+        n_out = ctypes.byref(outl)
+        if aad:
+            _ok(lib, lib.EVP_EncryptUpdate(ctx, None, n_out, aad, len(aad)), "EVP_EncryptUpdate(aad)")
+        out = ctypes.create_string_buffer(len(data) + TAG_BYTES)
+        written = 0
+        if data:
+            _ok(lib, lib.EVP_EncryptUpdate(ctx, out, n_out, data, len(data)), "EVP_EncryptUpdate")
+            written = outl.value
+        final = ctypes.create_string_buffer(TAG_BYTES)  # GCM writes nothing here; room anyway
+        _ok(lib, lib.EVP_EncryptFinal_ex(ctx, final, n_out), "EVP_EncryptFinal_ex")
+        if written + outl.value != len(data):
+            raise StoreError(f"OpenSSL AES-GCM produced {written + outl.value} bytes for {len(data)}")
+        tag = ctypes.create_string_buffer(TAG_BYTES)
+        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_GET_TAG, TAG_BYTES, tag), "get GCM tag")
+        return out.raw[: len(data)] + tag.raw
+    finally:
+        lib.EVP_CIPHER_CTX_free(ctx)
 
 
 def open_sealed(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM decrypt; :class:`AuthenticationFailed` if the tag does not verify."""
-    return _child("open", key, nonce, data, aad) if _in_child else _local("open", key, nonce, data, aad)
+    """AES-256-GCM decrypt ``data`` (ciphertext + 16-byte tag) authenticating ``aad``.
 
+    Raises :class:`AuthenticationFailed` if the tag does not verify.
 
-def _local(op: str, key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    if op == "seal":
-        return AESGCM(key).encrypt(nonce, data, aad)
-    try:
-        return AESGCM(key).decrypt(nonce, data, aad)
-    except InvalidTag:
-        raise AuthenticationFailed() from None
-
-
-def _child(op: str, key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-    request = json.dumps(
-        {"op": op} | {k: base64.b64encode(v).decode() for k, v in
-                      (("key", key), ("nonce", nonce), ("data", data), ("aad", aad))}
-    ).encode()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "fieldbox.aead"],
-            input=request,
-            capture_output=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StoreError(
-            f"cannot run the key-wrapping helper ({sys.executable} -m fieldbox.aead): {exc}"
-        ) from None
-    if done.returncode == EXIT_AUTH_FAILED:
+    A ``data`` shorter than the tag cannot have been made by :func:`seal`, so it
+    fails authentication too (as a damaged blob, not as a usage error).
+    """
+    _check(key, nonce, data, aad)
+    if len(data) < TAG_BYTES:
         raise AuthenticationFailed()
-    if done.returncode != 0:
-        message = " ".join(done.stderr.decode("utf-8", "replace").split())[-300:]
-        raise StoreError(f"key-wrapping helper failed (exit {done.returncode}): {message or 'no message'}")
+    body, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+    lib = _libcrypto()
+    ctx = lib.EVP_CIPHER_CTX_new()
+    if not ctx:
+        _fail(lib, "EVP_CIPHER_CTX_new")
     try:
-        return base64.b64decode(done.stdout, validate=True)
-    except ValueError as exc:
-        raise StoreError(f"key-wrapping helper answered garbage: {exc}") from None
+        _ok(lib, lib.EVP_DecryptInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None), "EVP_DecryptInit_ex")
+        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, NONCE_BYTES, None), "set IV length")
+        _ok(lib, lib.EVP_DecryptInit_ex(ctx, None, None, key, nonce), "EVP_DecryptInit_ex(key, iv)")
+        outl = ctypes.c_int(0)
+        n_out = ctypes.byref(outl)
+        if aad:
+            _ok(lib, lib.EVP_DecryptUpdate(ctx, None, n_out, aad, len(aad)), "EVP_DecryptUpdate(aad)")
+        out = ctypes.create_string_buffer(len(body) + TAG_BYTES)
+        written = 0
+        if body:
+            _ok(lib, lib.EVP_DecryptUpdate(ctx, out, n_out, body, len(body)), "EVP_DecryptUpdate")
+            written = outl.value
+        tag_buf = ctypes.create_string_buffer(tag, TAG_BYTES)
+        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag_buf), "set GCM tag")
+        final = ctypes.create_string_buffer(TAG_BYTES)
+        if lib.EVP_DecryptFinal_ex(ctx, final, n_out) <= 0:
+            lib.ERR_clear_error()  # leave nothing in this thread's queue for _ssl/_hashlib to trip on
+            raise AuthenticationFailed()
+        if written + outl.value != len(body):
+            raise StoreError(f"OpenSSL AES-GCM produced {written + outl.value} bytes for {len(body)}")
+        return out.raw[: len(body)]
+    finally:
+        lib.EVP_CIPHER_CTX_free(ctx)
 
 
-def main() -> int:
-    """Child entry point: one request on stdin, the result on stdout."""
+def _check(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> None:
+    if len(key) != KEY_BYTES:
+        raise StoreError(f"AES-256-GCM key must be {KEY_BYTES} bytes, got {len(key)}")
+    if len(nonce) != NONCE_BYTES:
+        raise StoreError(f"AES-256-GCM nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+    if len(data) > _MAX_LEN or len(aad) > _MAX_LEN:
+        raise StoreError(f"AES-256-GCM input too large ({max(len(data), len(aad))} bytes; limit {_MAX_LEN})")
+
+
+def _ok(lib: ctypes.CDLL, result: int, what: str) -> None:
+    if result != 1:
+        _fail(lib, what)
+
+
+def _fail(lib: ctypes.CDLL, what: str) -> NoReturn:
+    """Raise :class:`StoreError` for a failed OpenSSL call, with OpenSSL's own reason, and clear its queue."""
+    code = lib.ERR_get_error()
+    reason = "no reason given"
+    if code:
+        buf = ctypes.create_string_buffer(256)
+        lib.ERR_error_string_n(code, buf, len(buf))
+        reason = buf.value.decode("ascii", "replace")
+    lib.ERR_clear_error()
+    raise StoreError(f"OpenSSL AES-256-GCM failed in {what}: {reason}")
+
+
+def _libcrypto() -> ctypes.CDLL:
+    """Load libcrypto once (thread-safe) and declare the prototypes of what this module calls."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is None:
+            _lib = _declare(*_load())
+        return _lib
+
+
+def _load() -> tuple[ctypes.CDLL, str]:
     try:
-        req = json.loads(sys.stdin.buffer.read())
-        args = [base64.b64decode(req[k], validate=True) for k in ("key", "nonce", "data", "aad")]
-        op = req["op"]
-        if op not in ("seal", "open"):
-            raise ValueError(f"unknown op {op!r}")
-        result = _local(op, *args)
-    except AuthenticationFailed:
-        return EXIT_AUTH_FAILED
-    except Exception as exc:  # one line for the parent's error message
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write(base64.b64encode(result).decode())
-    return 0
+        return ctypes.CDLL(_LIBRARY), _LIBRARY
+    except OSError as first:
+        # find_library runs ldconfig (or gcc): slow on the device, so only as a fallback.
+        from ctypes.util import find_library
+
+        name = find_library("crypto")
+        if name is not None:
+            try:
+                return ctypes.CDLL(name), name
+            except OSError:
+                pass
+        raise StoreError(
+            f"cannot load OpenSSL's {_LIBRARY} for AES-256-GCM key wrapping: {first}",
+            hint="install libssl3 (OpenSSL 3)",
+        ) from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _declare(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
+    """Set argtypes/restype of every function used: pointers as void *, so nothing is truncated on 64-bit."""
+    vp, i, ip = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)
+    prototypes: dict[str, tuple[list[type], type | None]] = {
+        "EVP_CIPHER_CTX_new": ([], vp),
+        "EVP_CIPHER_CTX_free": ([vp], None),
+        "EVP_aes_256_gcm": ([], vp),
+        "EVP_CIPHER_CTX_ctrl": ([vp, i, i, vp], i),
+        "EVP_EncryptInit_ex": ([vp, vp, vp, vp, vp], i),
+        "EVP_EncryptUpdate": ([vp, vp, ip, vp, i], i),
+        "EVP_EncryptFinal_ex": ([vp, vp, ip], i),
+        "EVP_DecryptInit_ex": ([vp, vp, vp, vp, vp], i),
+        "EVP_DecryptUpdate": ([vp, vp, ip, vp, i], i),
+        "EVP_DecryptFinal_ex": ([vp, vp, ip], i),
+        "ERR_get_error": ([], ctypes.c_ulong),
+        "ERR_error_string_n": ([ctypes.c_ulong, ctypes.c_char_p, ctypes.c_size_t], None),
+        "ERR_clear_error": ([], None),
+    }
+    try:
+        for function, (argtypes, restype) in prototypes.items():
+            fn = getattr(lib, function)
+            fn.argtypes = argtypes
+            fn.restype = restype
+    except AttributeError as exc:
+        raise StoreError(
+            f"{name} is not a usable OpenSSL libcrypto: {exc}",
+            hint="install libssl3 (OpenSSL 3)",
+        ) from None
+    return lib

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fieldbox import aead, ipc
+from fieldbox import ipc
 from fieldbox.errors import FieldboxError, ProtocolError, ServiceUnavailableError, StoreError
 from fieldbox.monitor.telemetry import TelemetryBatch, write_batch
 from fieldbox.services import STORE_SOCKET, socket_path
@@ -207,7 +207,6 @@ class StoreWriter:
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
     """Open the store, serve until stopped, commit what is queued, close."""
-    aead.use_child_process()  # unwrap the key without keeping cryptography loaded (~8 MiB)
     writer = StoreWriter(default_db_path())
     try:
         writer.start()

@@ -17,7 +17,6 @@ import logging
 import sys
 import threading
 
-from fieldbox import aead
 from fieldbox.services.common import EXIT_OK, run_service
 from fieldbox.store import Store, default_db_path
 from fieldbox.sync.client import SyncClient, describe
@@ -27,7 +26,6 @@ from fieldbox.sync.config import load_config
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
     """Load the config, open the store, run the sync loop until stopped."""
     config = load_config()
-    aead.use_child_process()  # unwrap the key without keeping cryptography loaded (~8 MiB)
     with Store.open(default_db_path()) as store:
         client = SyncClient(store, config)
         client.run(stop)
