@@ -24,17 +24,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
 from fieldbox.errors import DependencyError, ModelError
+
+if TYPE_CHECKING:  # numpy.typing costs the runner ~9 ms of import and ~0.7 MiB at run time
+    import numpy.typing as npt
 
 RUNTIMES: tuple[str, ...] = ("tflite_runtime.interpreter", "ai_edge_litert.interpreter")
 """Runtime modules tried in order; each exposes ``Interpreter``."""
 
-Array: TypeAlias = npt.NDArray[Any]
+if TYPE_CHECKING:
+    Array: TypeAlias = npt.NDArray[Any]
+else:
+    Array = np.ndarray  # the class every NDArray is; the alias only exists for the type checker
 """A numpy array of any dtype: what goes into and comes out of a model."""
 
 _TFLITE_MAGIC = b"TFL3"

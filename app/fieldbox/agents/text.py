@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 
 from fieldbox import schema
 from fieldbox.agents.base import Prepared
@@ -55,6 +54,8 @@ from fieldbox.errors import ConfigError, InputError, ModelError
 from fieldbox.schema import doc_field, positive
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
     from fieldbox.agents.interpreter import Array, Interpreter
     from fieldbox.agents.manifest import AgentManifest
 
