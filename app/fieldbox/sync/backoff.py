@@ -9,7 +9,6 @@ broken header cannot silence a device for days.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +22,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    # Late: only an HTTP-date Retry-After needs email.utils (~0.9 MiB, ~10 ms of import), and
+    # the sync program of a device with no server never reads one.
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

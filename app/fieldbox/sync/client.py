@@ -20,9 +20,9 @@ back off like an outage, and are logged as errors.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -222,7 +222,8 @@ class SyncClient:
                 log.error("dropped unsendable outbox record %r: %s", row.record.id, exc.message)
         if not records:
             return 0
-        batch = Batch(self.device_id, f"{self.device_id}.{uuid.uuid4().hex[:16]}", tuple(records))
+        # 64 random bits name the batch in logs (dedup is by record id); no uuid module needed
+        batch = Batch(self.device_id, f"{self.device_id}.{os.urandom(8).hex()}", tuple(records))
         data = wire.encode(batch, self.codec)
         try:
             answer = self._post("/v1/batches", data, wire.CONTENT_TYPE)
