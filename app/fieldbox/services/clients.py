@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldbox import ipc
 from fieldbox.errors import ProtocolError
-from fieldbox.monitor.telemetry import TelemetryBatch
 from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET, WORKFLOWS_SOCKET, socket_path
+
+if TYPE_CHECKING:  # only the monitor, which builds batches, needs the telemetry module loaded
+    from fieldbox.monitor.telemetry import TelemetryBatch
 
 
 def _json_payload(frame: ipc.Frame, what: str) -> Any:
