@@ -1,6 +1,8 @@
-"""The store, sync, monitor and events programs from rootfs-overlay under a real supervisord on the host.
+"""The store, sync and monitor programs from rootfs-overlay under a real supervisord on the host.
 
-monitor and events write through the store writer's socket (they do not open the database).
+``monitor`` is one process that samples resources AND is supervisord's event
+listener; it writes both through the store writer's socket (it does not open
+the database).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from pathlib import Path
+from typing import Any
 
 import pytest
+from supervisor.xmlrpc import SupervisorTransport
 from sync_support import open_store, put_results, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,6 +31,26 @@ def _supervisord() -> str:
     found = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or shutil.which("supervisord")
     assert found, "supervisord is not installed (it is in requirements.lock)"
     return found
+
+
+def _processes(run: Path) -> dict[str, dict[str, Any]]:
+    """supervisord's view of every process, by name (empty while it is not answering yet)."""
+    transport = SupervisorTransport(None, None, f"unix://{run}/supervisor.sock")
+    proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    try:
+        info = proxy.supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Fault):
+        return {}
+    return {p["name"]: p for p in info}
+
+
+def _running_pid(run: Path, name: str, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        info = _processes(run).get(name)
+        if info is not None and info["statename"] == "RUNNING":
+            return int(info["pid"])
+        time.sleep(0.2)
+    raise AssertionError(f"{name} not RUNNING: {_processes(run).get(name)}")
 
 
 def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
@@ -52,7 +77,7 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
         "[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
         f"[include]\nfiles = {CONF_D}/store.conf {CONF_D}/sync.conf {CONF_D}/monitor.conf "
-        f"{CONF_D}/events.conf {tmp_path}/crash.conf\n"
+        f"{tmp_path}/crash.conf\n"
     )
     with running_server(tmp_path / "server.sqlite") as server:
         (etc / "sync.toml").write_text(
@@ -68,29 +93,53 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
         proc = subprocess.Popen([_supervisord(), "-c", str(conf)], env=env)
         try:
             deadline = time.monotonic() + 60
+            monitor_pid = _running_pid(run, "monitor", deadline)
+            sync_pid = _running_pid(run, "sync", deadline)
+            names = set(_processes(run))
+            os.kill(sync_pid, signal.SIGKILL)  # an unexpected exit of another program
             kinds: set[str] = set()
+            killed: list[dict[str, Any]] = []
+            own_rss = 0
             telemetry_arrived = False
             while time.monotonic() < deadline:
                 time.sleep(0.5)
                 store = open_store(data)
                 try:
+                    exits = store.events("process.exited")
                     kinds = {e.kind for e in store.events(limit=100)}
                     tele = store.query("SELECT count(*) FROM telemetry WHERE metric = 'cpu.percent'")[0][0]
+                    own_rss = store.query(
+                        "SELECT count(*) FROM telemetry WHERE metric = 'proc.rss_b' AND tags = ?",
+                        ['{"program":"monitor"}'],
+                    )[0][0]
                 finally:
                     store.close()
+                killed = [e.detail for e in exits if e.detail and e.detail.get("pid") == sync_pid]
                 topics = {d.device: d.by_topic for d in server.db.devices()}.get("dev-sv", {})
                 telemetry_arrived = topics.get("telemetry", 0) > 0
                 if (
                     {"process.exited", "process.fatal"} <= kinds
+                    and killed
                     and tele > 0
+                    and own_rss > 0
                     and topics.get("results") == 300
                     and telemetry_arrived
                 ):
                     break
+            still = _processes(run)["monitor"]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         rows = server.db.records()
+    # one merged program: the listener and the sampler are the same process, never restarted
+    assert "monitor" in names and "events" not in names, names
+    assert still["statename"] == "RUNNING" and still["pid"] == monitor_pid, still
+    assert killed == [
+        {"program": "sync", "group": "sync", "from_state": "RUNNING", "pid": sync_pid, "expected": False}
+    ], killed
+    assert own_rss > 0  # the sampler sees its own process under the program name "monitor"
+    log = (data / "log" / "monitor.log").read_text()
+    assert "monitor stopped" in log and "Traceback" not in log, log[-2000:]
     assert {"process.exited", "process.backoff", "process.fatal"} <= kinds, kinds
     results = [r for r in rows if r[3] == "results"]
     assert len(results) == 300 and len({r[2] for r in results}) == 300

@@ -9,8 +9,9 @@ mail or speaks HTTP at start (``requests`` is imported by sync only when a
 server is set, see :func:`fieldbox.sync.client.make_session`).
 
 Each case imports what the program imports before it serves: its entry module
-and, for the events listener, the client its ``main()`` imports; for the
-runner, the kind modules and the TFLite runtime the shipped agents load. A
+(for ``monitor``, which is also supervisord's event listener, that brings the
+listener protocol and the store client); for the runner, the kind modules and
+the TFLite runtime the shipped agents load. A
 "must load" list per case shows the check sees real imports (it cannot pass on
 an empty module list).
 """
@@ -58,13 +59,8 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     ),
     "monitor": (
         ("fieldbox.services.monitor",),
-        ("psutil", "fieldbox.monitor.telemetry"),
+        ("psutil", "fieldbox.monitor.telemetry", "fieldbox.monitor.events", "fieldbox.ipc"),
         NOWHERE + NOT_RUNNER + NO_DATABASE,
-    ),
-    "events": (
-        ("fieldbox.monitor.events", "fieldbox.services.clients"),
-        ("fieldbox.ipc",),
-        NOWHERE + NOT_RUNNER + NO_DATABASE + ("fieldbox.monitor.telemetry", "psutil"),
     ),
 }
 

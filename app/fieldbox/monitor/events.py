@@ -1,4 +1,8 @@
-"""supervisord event listener: records programs that exit unexpectedly, back off, or go FATAL.
+"""supervisord event listener protocol: records programs that exit unexpectedly, back off, or go FATAL.
+
+This module is the protocol loop only; the program that runs it is the
+``monitor`` (:mod:`fieldbox.services.monitor`, ``[eventlistener:monitor]``),
+which serves it in a thread of its own next to its resource sampling.
 
 The listener protocol (supervisord docs, "Events"): write ``READY\\n`` to
 stdout; read a header line of ``key:value`` tokens from stdin, whose ``len``
@@ -17,7 +21,7 @@ even while the store writer is down or restarting (it is one of the programs
 whose exits we record). What the writer does not take yet waits in a bounded
 in-memory queue (:data:`MAX_PENDING`, oldest first) and is retried with
 backoff; nothing is dropped silently: every event is logged to stderr (the
-program's log under ``$FIELDBOX_DATA/log/events.log``) when it arrives, an
+program's log under ``$FIELDBOX_DATA/log/monitor.log``) when it arrives, an
 event pushed out of a full queue is logged as "not recorded", and so is every
 event still unsent when the listener stops. An event recorded late carries
 ``delayed_s`` in its detail (the store stamps the time it commits).
@@ -28,7 +32,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import signal
+import os
 import sys
 import threading
 import time
@@ -111,6 +115,8 @@ def listen(
                 log.warning("%s: %s", event[0], event[1])
         except FieldboxError as exc:
             log.error("could not record %s: %s", header.get("eventname"), exc)
+        except Exception:  # a bug must not stop the acknowledgements (supervisord would stall the pool)
+            log.exception("could not record %s", header.get("eventname"))
         stdout.write("RESULT 2\nOK")
         stdout.flush()
         handled += 1
@@ -224,24 +230,17 @@ class EventForwarder:
         return len(left)
 
 
-def main() -> int:
-    """Entry point: ``python3 -m fieldbox.monitor.events`` (an ``[eventlistener:...]`` command)."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from fieldbox.services.clients import StoreClient
+def protocol_stdout() -> IO[str]:
+    """Take stdout for the protocol alone; from now on ``print`` and fd 1 go to stderr.
 
-    # supervisord stops us with SIGTERM: unwind (so close() logs what is unsent) instead of dying
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    client = StoreClient(timeout=10.0)
-    forwarder = EventForwarder(client.add_event)
-    try:
-        listen(forwarder.record)
-    finally:
-        forwarder.close()
-        client.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    stdout is supervisord's channel: one stray line there (a library's
+    warning, a debugging print in the sampler) would be read as a protocol
+    reply. The returned stream writes to a private duplicate of fd 1; fd 1
+    itself and :data:`sys.stdout` are pointed at stderr, so nothing else in
+    the process can reach supervisord's pipe.
+    """
+    sys.stdout.flush()
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return channel

@@ -90,7 +90,7 @@ def throttle_samples(word: int | None) -> list[Sample]:
 
 
 def _program_of(proc: psutil.Process) -> str | None:
-    """``fieldbox.services.<name>`` / ``fieldbox.monitor.events`` in a command line → the program name."""
+    """``fieldbox.services.<name>`` in a command line → the program name."""
     try:
         cmdline = proc.cmdline()
     except (psutil.Error, OSError):
@@ -100,8 +100,6 @@ def _program_of(proc: psutil.Process) -> str | None:
             module = cmdline[i + 1]
             if module.startswith("fieldbox.services."):
                 return str(module).rsplit(".", 1)[1]
-            if module == "fieldbox.monitor.events":
-                return "events"
     return None
 
 
