@@ -138,6 +138,7 @@ def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> S
 
     timer.step("fieldbox + overlay + initramfs", lay_in)
     timer.step("import check (qemu-user)", lambda: rootfs.smoke_import(root))
+    timer.step("readahead list (qemu-user)", lambda: rootfs.write_readahead_list(root))
     return root, base, whl, extra
 
 

@@ -24,8 +24,13 @@ APPLETS = (
     "hexdump", "tr", "sed", "cat", "echo", "mkdir", "ls", "modprobe",
 )  # fmt: skip
 
-ROOT_MODULES = ("crc32c_generic", "virtio_mmio", "virtio_pci", "virtio_blk", "ext4")
-"""Always needed: the QEMU virt disk (virtio over mmio or pci) and the ext4 root."""
+ROOT_MODULES = (
+    "crc32c_generic", "virtio_mmio", "virtio_pci", "virtio_blk", "ext4",
+    "vfat", "nls_cp437", "nls_iso8859_1",
+)  # fmt: skip
+"""Always needed: the QEMU virt disk (virtio over mmio or pci), the ext4 root, and
+the boot partition's FAT (the root's init mounts it first thing; insmod from this
+static busybox is cheaper than the root's modprobe under emulation)."""
 
 SD_MODULES = ("mmc_block", "sdhci_iproc", "bcm2835", "sdhci_pltfm")
 """The Raspberry Pi's SD card (Pi 3 sdhost/sdhci-iproc, Pi 4 emmc2); used when this kernel has them."""

@@ -153,14 +153,16 @@ def write_identity(root: Path, opts: RootOptions) -> None:
 
 
 def compile_python(root: Path) -> None:
-    """Byte-compile what we laid in; the read-only root could not cache it later."""
+    """Byte-compile what we laid in, plain and ``-OO`` (the services run with
+    ``PYTHONOPTIMIZE=2``); the read-only root could not cache it later."""
     site = root / wheels.SITE
+    levels = ["-o", "0", "-o", "2"]
     if sys.version_info[:2] == (3, 11):
-        cmd: list[str | Path] = [sys.executable, "-m", "compileall", "-q", "-j", "0", site]
+        cmd: list[str | Path] = [sys.executable, "-m", "compileall", "-q", "-j", "0", *levels, site]
         # paths inside .pyc files should read as on the device
         cmd[3:3] = ["-s", str(root), "-p", "/"]
     else:  # compile with the device's own interpreter, through qemu-user
-        cmd = ["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "/" + wheels.SITE]
+        cmd = ["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", *levels, "/" + wheels.SITE]
     run(cmd, what="compiling python byte code")
 
 
@@ -180,3 +182,68 @@ def smoke_import(root: Path) -> None:
     if out.returncode != 0 or "ok" not in out.stdout:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImageError(f"the arm64 rootfs cannot import its python packages: {last}")
+
+
+READAHEAD_LIST = "usr/share/fieldbox/readahead.list"
+BOOT_IMPORTS = (
+    ("supervisor.supervisord", "supervisor.rpcinterface", "supervisor.process"),
+    ("fieldbox.services.runner", "fieldbox.agents.image", "fieldbox.agents.classifier",
+     "fieldbox.agents.detector", "fieldbox.agents.text", "fieldbox.agents.tensor",
+     "tflite_runtime.interpreter", "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin"),
+    ("fieldbox.services.store", "fieldbox.services.workflows", "fieldbox.services.sync",
+     "fieldbox.services.monitor"),
+)  # fmt: skip
+"""What the boot imports, in the order it needs it: supervisord, the runner (the
+longest start), then the other services."""
+
+_LIST_FILES = """
+import sys, importlib
+seen = dict()
+for group in GROUPS:
+    for name in group:
+        importlib.import_module(name)
+    for mod in list(sys.modules.values()):
+        for attr in ("__cached__", "__file__"):
+            path = getattr(mod, attr, None)
+            if isinstance(path, str) and path.startswith("/"):
+                seen.setdefault(path, None)
+                break
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("/"):
+                seen.setdefault(parts[5], None)
+print("\\n".join(seen))
+"""
+
+
+def write_readahead_list(root: Path) -> int:
+    """List the files the boot reads (byte code, extension modules, shared libraries,
+    models), in the order it needs them, for fieldbox-init's readahead.
+
+    Cold, a file costs several emulated I/O round trips (directory, inode, data):
+    supervisord's own imports take 3.2 s from a cold page cache and 1.7 s from a
+    warm one under QEMU TCG. fieldbox-init reads this list in the background from
+    its first step, on the CPU the serial part of boot leaves idle. The list is
+    taken from the device's own python (qemu-user) importing what the services
+    import, with ``PYTHONOPTIMIZE=2`` like the device. Returns the number of files.
+    """
+    code = "GROUPS = " + repr(BOOT_IMPORTS) + "\n" + _LIST_FILES
+    try:
+        out = subprocess.run(
+            ["chroot", str(root), "/usr/bin/python3", "-c", code],
+            capture_output=True, text=True, timeout=600, check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONOPTIMIZE": "2",
+                 "PYTHONDONTWRITEBYTECODE": "1"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ImageError("listing the boot's files in the arm64 rootfs timed out") from None
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ImageError(f"the arm64 rootfs cannot import what its services import: {last}")
+    files = [p for p in out.stdout.splitlines() if p and (root / p.lstrip("/")).is_file()]
+    models = sorted("/" + str(p.relative_to(root)) for p in (root / MODELS_DIR).glob("*") if p.is_file())
+    files += [m for m in models if m not in files]
+    (root / READAHEAD_LIST).parent.mkdir(parents=True, exist_ok=True)
+    (root / READAHEAD_LIST).write_text("\n".join(files) + "\n", encoding="utf-8")
+    return len(files)
