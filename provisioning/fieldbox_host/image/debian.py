@@ -15,19 +15,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fieldbox_host.image import kmods
-from fieldbox_host.image.errors import CacheError
+from fieldbox_host.image.errors import CacheError, ImageError
 from fieldbox_host.image.proc import run, sha256_file
 
 log = logging.getLogger("fieldbox.image")
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-TRIM_VERSION = 1
+TRIM_VERSION = 2
 """Bump when :func:`trim` changes what it removes: it invalidates every cache."""
 
 DPKG_EXCLUDES = (
@@ -155,6 +157,33 @@ def trim(root: Path, module_patterns: list[str]) -> None:
     kver = kmods.kernel_version(root)
     run(["chroot", root, "/usr/sbin/depmod", "-a", kver], what="depmod")
     log.info("kernel modules: kept %d, removed %d", kept, removed)
+    compile_optimized(root, [Path("usr/lib/python3.11"), Path("usr/lib/python3/dist-packages")])
+
+
+def compile_optimized(root: Path, dirs: list[Path]) -> None:
+    """Write ``-OO`` byte code (``.opt-2.pyc``) next to Debian's own for ``dirs`` (relative to ``root``).
+
+    The device runs Python with ``PYTHONOPTIMIZE=2`` (see fieldbox-init): without
+    docstrings the services hold ~5 MiB less between them (numpy alone 2.3 MiB).
+    The read-only root cannot cache byte code at run time, so every module the
+    device imports must have its ``.opt-2.pyc`` here, or it is compiled from
+    source at every start. The host's python writes them when it is 3.11 (byte
+    code is the same on every architecture); otherwise the device's, through qemu-user.
+    """
+    if sys.version_info[:2] == (3, 11):
+        cmd: list[str | Path] = [sys.executable, "-m", "compileall", "-q", "-j", "0", "-o", "2",
+                                 "-s", str(root), "-p", "/", *(root / d for d in dirs)]  # fmt: skip
+    else:
+        cmd = ["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q", "-o", "2",
+               *("/" + str(d) for d in dirs)]  # fmt: skip
+    # compileall goes on past a file it cannot compile (Python 2 test data in the
+    # stdlib) and exits 1 at the end: such a file cannot be imported anyway.
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
+    bad = [ln for ln in done.stdout.splitlines() if ln.startswith("*** Error compiling")]
+    if done.returncode != 0 and not bad:
+        raise ImageError(f"compiling optimized python byte code failed: {done.stderr.strip()[-300:]}")
+    if bad:
+        log.info("optimized byte code: %d file(s) do not compile (not importable anyway)", len(bad))
 
 
 def build(source: Path, cache_dir: Path, work_dir: Path) -> CachedDebian:
