@@ -6,11 +6,13 @@ Measured in one run on the built image (``make image``):
 * one root slot's used size, from the ext4 superblock recorded in the build
   manifest (target ≤ 500 MB);
 * boot to "fieldbox ready" under QEMU TCG, ``-M virt -cpu cortex-a53 -m 512M
-  -smp 2``, seconds from QEMU's start (target ≤ 12 s); the baseline is when
-  the same boot reached the initramfs (kernel + U-Boot alone), measured in the
-  same boot;
-* guest memory used (MemTotal - MemAvailable) with every program idle (target
-  ≤ 120 MiB of 512);
+  -smp 2``, seconds from QEMU's start (target ≤ 12 s), of a device's everyday
+  boot: the second one, after a clean shutdown. The baseline is when the same
+  boot reached the initramfs (kernel + U-Boot alone). The first boot, which
+  also creates the data filesystem and the store key and probes the models
+  once, is its own row;
+* guest memory used (MemTotal - MemAvailable) with every program idle, after
+  that boot (target ≤ 120 MiB of 512);
 * time to rebuild the image after an app-only change (the Debian cache hits);
   needs root, like ``make image``.
 """
@@ -22,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fieldbox import __version__
@@ -41,12 +44,27 @@ def _image() -> tuple[Path, dict[str, object]]:
     return img, manifest
 
 
-def _boot(img: Path) -> tuple[float, float, float]:
-    """(seconds to ready, seconds to the initramfs, used MiB) of one boot on a fresh overlay."""
+@dataclass
+class Boots:
+    """One device's first two boots on a fresh overlay (seconds from QEMU's start)."""
+
+    first_ready: float
+    ready: float
+    to_initramfs: float
+    used_mib: float
+
+
+def _boot(img: Path) -> Boots:
+    """Boot once (first boot: creates /data, probes the models), shut down cleanly,
+    start QEMU again and time that boot, the one a device makes every day."""
     from fieldbox_host.qemu import Machine
 
     with tempfile.TemporaryDirectory(prefix="fieldbox-bench-") as tmp, Machine(img, Path(tmp)) as machine:
         machine.start()
+        first = machine.wait_ready(timeout=300)
+        machine.reboot()  # clean: services stopped, filesystems unmounted; U-Boot starts again
+        machine.kill()
+        machine.restart()
         machine.wait_for(r"fieldbox-initramfs: root", timeout=120)
         to_initramfs = machine.elapsed()
         ready = machine.wait_ready(timeout=300)
@@ -54,7 +72,7 @@ def _boot(img: Path) -> tuple[float, float, float]:
         meminfo = machine.run("cat /proc/meminfo").check()
         fields = {m[0]: int(m[1]) for m in re.findall(r"^(\w+):\s+(\d+)", meminfo, re.M)}
         used = (fields["MemTotal"] - fields["MemAvailable"]) / 1024
-    return ready, to_initramfs, used
+    return Boots(first, ready, to_initramfs, used)
 
 
 def _rebuild() -> float:
@@ -75,12 +93,14 @@ def run() -> list[Row]:
         rows.append(Row(SECTION, "compressed image (.img.zst)", mb, "MB", target="≤ 250 MB", met=mb <= 250))
     used = int(str(manifest.get("root_used_bytes", 0))) / 1e6
     rows.append(Row(SECTION, "one root slot, used", used, "MB", target="≤ 500 MB", met=used <= 500))
-    ready, initramfs, memory = _boot(img)
-    rows.append(Row(SECTION, "boot to ready, QEMU TCG 512 MiB", ready, "s", baseline=initramfs,
+    boots = _boot(img)
+    rows.append(Row(SECTION, "boot to ready, QEMU TCG 512 MiB", boots.ready, "s", baseline=boots.to_initramfs,
                     baseline_name="same boot, initramfs reached", target="≤ 12 s",
-                    met=ready <= 12))  # fmt: skip
-    rows.append(Row(SECTION, "guest memory used, programs idle", memory, "MiB", target="≤ 120 MiB",
-                    met=memory <= 120))  # fmt: skip
+                    met=boots.ready <= 12))  # fmt: skip
+    rows.append(Row(SECTION, "first boot to ready (creates /data)", boots.first_ready, "s",
+                    note="once per device: data filesystem, store key, model probes"))  # fmt: skip
+    rows.append(Row(SECTION, "guest memory used, programs idle", boots.used_mib, "MiB", target="≤ 120 MiB",
+                    met=boots.used_mib <= 120))  # fmt: skip
     if os.geteuid() == 0:
         secs = _rebuild()
         rows.append(Row(SECTION, "rebuild after an app-only change", secs, "s", target="~60 s",
