@@ -58,32 +58,7 @@ _lib_lock = threading.Lock()
 def seal(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
     """AES-256-GCM encrypt ``data`` authenticating ``aad``: ciphertext with its 16-byte tag appended."""
     _check(key, nonce, data, aad)
-    lib = _libcrypto()
-    ctx = lib.EVP_CIPHER_CTX_new()
-    if not ctx:
-        _fail(lib, "EVP_CIPHER_CTX_new")
-    try:
-        _ok(lib, lib.EVP_EncryptInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None), "EVP_EncryptInit_ex")
-        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, NONCE_BYTES, None), "set IV length")
-        _ok(lib, lib.EVP_EncryptInit_ex(ctx, None, None, key, nonce), "EVP_EncryptInit_ex(key, iv)")
-        outl = ctypes.c_int(0)
-        n_out = ctypes.byref(outl)
-        if aad:
-            _ok(lib, lib.EVP_EncryptUpdate(ctx, None, n_out, aad, len(aad)), "EVP_EncryptUpdate(aad)")
-        out = ctypes.create_string_buffer(len(data) + TAG_BYTES)
-        written = 0
-        if data:
-            _ok(lib, lib.EVP_EncryptUpdate(ctx, out, n_out, data, len(data)), "EVP_EncryptUpdate")
-            written = outl.value
-        final = ctypes.create_string_buffer(TAG_BYTES)  # GCM writes nothing here; room anyway
-        _ok(lib, lib.EVP_EncryptFinal_ex(ctx, final, n_out), "EVP_EncryptFinal_ex")
-        if written + outl.value != len(data):
-            raise StoreError(f"OpenSSL AES-GCM produced {written + outl.value} bytes for {len(data)}")
-        tag = ctypes.create_string_buffer(TAG_BYTES)
-        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_GET_TAG, TAG_BYTES, tag), "get GCM tag")
-        return out.raw[: len(data)] + tag.raw
-    finally:
-        lib.EVP_CIPHER_CTX_free(ctx)
+    return _gcm(True, key, nonce, data, aad, None)
 
 
 def open_sealed(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
@@ -97,33 +72,49 @@ def open_sealed(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
     _check(key, nonce, data, aad)
     if len(data) < TAG_BYTES:
         raise AuthenticationFailed()
-    body, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+    return _gcm(False, key, nonce, data[:-TAG_BYTES], aad, data[-TAG_BYTES:])
+
+
+def _gcm(encrypt: bool, key: bytes, nonce: bytes, body: bytes, aad: bytes, tag: bytes | None) -> bytes:
+    """One EVP AES-256-GCM pass: ciphertext + tag when encrypting, plaintext when
+    decrypting (``tag`` is then the one to verify). A fresh context per call."""
     lib = _libcrypto()
+    way = "Encrypt" if encrypt else "Decrypt"
+    init = lib.EVP_EncryptInit_ex if encrypt else lib.EVP_DecryptInit_ex
+    update = lib.EVP_EncryptUpdate if encrypt else lib.EVP_DecryptUpdate
+    final_ex = lib.EVP_EncryptFinal_ex if encrypt else lib.EVP_DecryptFinal_ex
     ctx = lib.EVP_CIPHER_CTX_new()
     if not ctx:
         _fail(lib, "EVP_CIPHER_CTX_new")
     try:
-        _ok(lib, lib.EVP_DecryptInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None), "EVP_DecryptInit_ex")
+        _ok(lib, init(ctx, lib.EVP_aes_256_gcm(), None, None, None), f"EVP_{way}Init_ex")
         _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, NONCE_BYTES, None), "set IV length")
-        _ok(lib, lib.EVP_DecryptInit_ex(ctx, None, None, key, nonce), "EVP_DecryptInit_ex(key, iv)")
+        _ok(lib, init(ctx, None, None, key, nonce), f"EVP_{way}Init_ex(key, iv)")
         outl = ctypes.c_int(0)
         n_out = ctypes.byref(outl)
         if aad:
-            _ok(lib, lib.EVP_DecryptUpdate(ctx, None, n_out, aad, len(aad)), "EVP_DecryptUpdate(aad)")
+            _ok(lib, update(ctx, None, n_out, aad, len(aad)), f"EVP_{way}Update(aad)")
         out = ctypes.create_string_buffer(len(body) + TAG_BYTES)
         written = 0
         if body:
-            _ok(lib, lib.EVP_DecryptUpdate(ctx, out, n_out, body, len(body)), "EVP_DecryptUpdate")
+            _ok(lib, update(ctx, out, n_out, body, len(body)), f"EVP_{way}Update")
             written = outl.value
-        tag_buf = ctypes.create_string_buffer(tag, TAG_BYTES)
-        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag_buf), "set GCM tag")
-        final = ctypes.create_string_buffer(TAG_BYTES)
-        if lib.EVP_DecryptFinal_ex(ctx, final, n_out) <= 0:
+        if tag is not None:
+            tag_in = ctypes.create_string_buffer(tag, TAG_BYTES)
+            _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag_in), "set GCM tag")
+        final = ctypes.create_string_buffer(TAG_BYTES)  # GCM writes nothing here; room anyway
+        if final_ex(ctx, final, n_out) <= 0:
+            if encrypt:
+                _fail(lib, "EVP_EncryptFinal_ex")
             lib.ERR_clear_error()  # leave nothing in this thread's queue for _ssl/_hashlib to trip on
             raise AuthenticationFailed()
         if written + outl.value != len(body):
             raise StoreError(f"OpenSSL AES-GCM produced {written + outl.value} bytes for {len(body)}")
-        return out.raw[: len(body)]
+        if not encrypt:
+            return out.raw[: len(body)]
+        tag_out = ctypes.create_string_buffer(TAG_BYTES)
+        _ok(lib, lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_GET_TAG, TAG_BYTES, tag_out), "get GCM tag")
+        return out.raw[: len(body)] + tag_out.raw
     finally:
         lib.EVP_CIPHER_CTX_free(ctx)
 
