@@ -29,6 +29,7 @@ DEVICE_COMMANDS: tuple[str, ...] = (
     "fieldbox.commands.store",
     "fieldbox.commands.workflow",
     "fieldbox.commands.bootctl",
+    "fieldbox.commands.ota",
 )
 """Modules that add device verbs; each has ``register(subparsers)``."""
 

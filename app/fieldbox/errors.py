@@ -17,7 +17,10 @@ Every error says what failed and, where it can, what to do about it::
     ├── SyncError                 store-and-forward sync failed (server, network, config doc)
     │   ├── BatchFormatError      a sync batch's bytes are malformed or exceed a limit
     │   └── ClockSkewError        a config-document timestamp lies too far in the future
-    └── BootStateError            the A/B slot state on the boot partition cannot be read or written
+    ├── BootStateError            the A/B slot state on the boot partition cannot be read or written
+    └── UpdateError               an over-the-air update could not be checked, fetched or installed
+        ├── BundleError           an update bundle's bytes are malformed or fail their checksums
+        └── UpdateRefusedError    a release is refused: metadata fails verification, wrong board, downgrade
 """
 
 from __future__ import annotations
@@ -98,3 +101,16 @@ class ClockSkewError(SyncError):
 
 class BootStateError(FieldboxError):
     """The A/B slot state (``fbstate.0``/``fbstate.1`` on the boot partition) cannot be used."""
+
+
+class UpdateError(FieldboxError):
+    """An over-the-air update could not be checked, downloaded or installed; the running slot is untouched."""
+
+
+class BundleError(UpdateError):
+    """An update bundle (manifest or chunk) is malformed, exceeds a limit, or fails its sha256."""
+
+
+class UpdateRefusedError(UpdateError):
+    """A release was refused on purpose: its metadata failed TUF verification, or it is for another
+    board, older than what is installed, or below the fleet's minimum version."""

@@ -13,6 +13,8 @@ HOST_COMMANDS: tuple[str, ...] = (
     "fieldbox_host.commands.dev",
     "fieldbox_host.commands.build",
     "fieldbox_host.commands.emulate",
+    "fieldbox_host.commands.keys",
+    "fieldbox_host.commands.release",
 )
 """Modules that add host verbs (``build``, ``emulate``, ``dev``, ...)."""
 

@@ -6,7 +6,6 @@ import contextlib
 import random
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fieldbox.store import FileKeyProvider, ResultIn, Store
+from fieldbox_host.netfault import reset
 from fieldbox_host.serve import IngestDB, IngestServer
 
 
@@ -59,14 +59,6 @@ def running_server(db_path: Path, port: int = 0, **kwargs: object) -> Iterator[I
         server.shutdown()
         server.server_close()
         db.close()
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), the way a dropped link or a crashed middlebox looks."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(OSError):
-        sock.close()
 
 
 @dataclass
@@ -138,7 +130,7 @@ class FaultProxy:
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
         except OSError:
-            _reset(client)
+            reset(client)
             return
         truncate_next = False
         try:
@@ -151,8 +143,8 @@ class FaultProxy:
                     fault = self._roll()
                     if fault == "reset":
                         self._count("reset")
-                        _reset(client)
-                        _reset(upstream)
+                        reset(client)
+                        reset(upstream)
                         return
                     if fault == "truncate":
                         truncate_next = True
@@ -167,14 +159,14 @@ class FaultProxy:
                     if truncate_next:
                         self._count("truncate")
                         client.sendall(data[: len(data) // 2])
-                        _reset(client)
-                        _reset(upstream)
+                        reset(client)
+                        reset(upstream)
                         return
                     client.sendall(data)
         except OSError:
             pass
-        _reset(client)
-        _reset(upstream)
+        reset(client)
+        reset(upstream)
 
     def close(self) -> None:
         """Stop accepting (open connections end on their own)."""

@@ -6,6 +6,7 @@ runner.sock
     ``ping`` -> ``agents`` (loaded names), ``broken`` (name -> error)
     ``run`` ``agent``; payload = item bytes -> payload = the result as JSON
     ``stats`` -> ``agents``: name -> latency/throughput/memory stats
+    ``selftest`` -> ``agents``: name -> "ok" or why its self-test failed; ``broken`` as for ping
 store.sock
     ``put``; payload = JSON list of results -> ``stored``: one flag per result
     (False: that key was already stored). Acknowledged after COMMIT (fsynced).
@@ -60,6 +61,11 @@ class RunnerClient:
     def ping(self) -> dict[str, Any]:
         """Loaded agent names and the manifests that failed to load."""
         return self.ipc.call("ping").header
+
+    def selftest(self) -> dict[str, Any]:
+        """Each loaded agent's self-test (its manifest's sample and expectations): name -> "ok" or
+        the failure, and ``broken`` (agents that did not load)."""
+        return self.ipc.call("selftest").header
 
     def stats(self) -> dict[str, Any]:
         """Per-agent statistics."""

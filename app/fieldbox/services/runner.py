@@ -64,7 +64,21 @@ class RunnerService:
         if request.op == "stats":
             stats: dict[str, Any] = {name: agent.stats() for name, agent in self.agents.items()}
             return ipc.Reply({"agents": stats})
-        raise ProtocolError(f"runner: unknown request {request.op!r}", "known: run, ping, stats")
+        if request.op == "selftest":
+            broken = {name: str(exc) for name, exc in self.broken.items()}
+            return ipc.Reply({"agents": self.selftest(), "broken": broken})
+        raise ProtocolError(f"runner: unknown request {request.op!r}", "known: run, ping, stats, selftest")
+
+    def selftest(self) -> dict[str, str]:
+        """Run every loaded agent's self-test: name -> "ok" or the one-line failure."""
+        out: dict[str, str] = {}
+        for name, agent in sorted(self.agents.items()):
+            try:
+                agent.self_test()
+                out[name] = "ok"
+            except FieldboxError as exc:
+                out[name] = str(exc)
+        return out
 
     def _missing(self, name: str) -> FieldboxError:
         exc = self.broken.get(name)

@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--client-ca", type=Path, help="CA (PEM) that signs device certificates: require mutual TLS"
     )
+    parser.add_argument(
+        "--repo", type=Path,
+        help="also serve this update repository (fieldbox release) at /repo/, with byte ranges",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -56,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         tls = TLSFiles(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
     db = IngestDB(args.db)
     try:
-        server = IngestServer(args.listen, db, tls=tls)
+        if args.repo is not None and not (args.repo / "metadata/timestamp.json").is_file():
+            raise ConfigError(f"{args.repo} is not an update repository (no metadata/timestamp.json)",
+                              hint="create it with `fieldbox keys init --repo DIR`")  # fmt: skip
+        server = IngestServer(args.listen, db, tls=tls, repo=args.repo)
     except OSError as exc:
         raise FieldboxError(
             f"cannot listen on {args.listen[0]}:{args.listen[1]}: {exc.strerror}",
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"fieldbox serve: {server.url} (database {args.db}); Ctrl-C stops", flush=True)
+    repo = f"; update repository {server.url}/repo/" if args.repo is not None else ""
+    print(f"fieldbox serve: {server.url} (database {args.db}{repo}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ POST     /v1/devices/<id>/config       a device pushes its document; the server 
                                        answers with the merged document
 PUT      /v1/devices/<id>/config       an operator edit: ``{"set": {k: v}, "delete": [k]}``
 GET      /healthz                      ``ok``
+GET/HEAD /repo/<path>                  with ``--repo``: the TUF update repository's files
+                                       (metadata, bundles), byte ranges supported
 =======  ============================  ==========================================================
 
 Errors are JSON ``{"error": "..."}``: 400 malformed, 403 certificate does not
@@ -42,12 +44,14 @@ from fieldbox.errors import BatchFormatError, ClockSkewError, FieldboxError, Syn
 from fieldbox.sync import batch as wire
 from fieldbox.sync import configdoc
 from fieldbox.sync.batch import Batch, Limits, Record
+from fieldbox_host.serve import static
 from fieldbox_host.serve.ingestdb import IngestDB
 
 log = logging.getLogger(__name__)
 
 _CONFIG_PATH = re.compile(r"/v1/devices/([A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127})/config")
 MAX_JSON_BYTES = 4 * 1024 * 1024
+REPO_PREFIX = "/repo/"
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,10 @@ class IngestServer(ThreadingHTTPServer):
         db: IngestDB,
         tls: TLSFiles | None = None,
         limits: Limits = wire.DEFAULT_LIMITS,
+        repo: Path | None = None,
     ) -> None:
         self.db = db
+        self.repo = repo
         self.limits = limits
         self.tls = tls
         super().__init__(address, IngestHandler)
@@ -105,6 +111,16 @@ class IngestServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{host!s}:{port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up is one quiet line, not a traceback."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
+            log.info("client %s went away: %s", client_address[0], exc)
+            return
+        super().handle_error(request, client_address)
 
     def serve_in_thread(self) -> threading.Thread:
         """Start serving in a daemon thread (tests, benchmarks); stop with ``shutdown()``."""
@@ -208,6 +224,8 @@ class IngestHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"server error: {type(exc).__name__}"})
 
     def _route(self, method: str, path: str) -> Any:
+        if method in ("GET", "HEAD") and path.startswith(REPO_PREFIX) and self.server.repo is not None:
+            return lambda: self._get_repo_file(path[len(REPO_PREFIX) :], head=method == "HEAD")
         if method == "POST" and path == "/v1/batches":
             return self._post_batch
         if method == "POST" and path == "/v1/records":
@@ -232,6 +250,10 @@ class IngestHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """GET requests."""
         self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        """HEAD requests (the update repository)."""
+        self._dispatch("HEAD")
 
     def do_POST(self) -> None:
         """POST requests."""
@@ -281,6 +303,13 @@ class IngestHandler(BaseHTTPRequestHandler):
             return json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise _Reject(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+
+    def _get_repo_file(self, relative: str, head: bool) -> None:
+        assert self.server.repo is not None
+        path = static.resolve(self.server.repo, relative)
+        if path is None:
+            raise _Reject(HTTPStatus.NOT_FOUND, f"no file {relative!r} in the update repository")
+        static.send_file(self, path, head=head)
 
     def _get_devices(self) -> None:
         self._json(200, {"devices": [d.to_json() for d in self.server.db.devices()]})
