@@ -62,7 +62,8 @@ test-integration: venv assets models
 host-deps:
 	bash image/host-deps.sh
 
-# The appliance image: build/fieldbox-<version>-arm64.img (+ .zst, .sha256, manifest). Root needed.
+# The release image users flash: build/fieldbox-<version>-arm64.img (+ .zst, .sha256, manifest). Root needed.
+# IMAGE_ARGS="--repo repo --update-url URL" bakes a fleet's update repository in (docs/ota.md).
 IMAGE_ARGS ?=
 image: host-deps venv assets models
 	$(FIELDBOX) build $(IMAGE_ARGS)
@@ -79,5 +80,7 @@ test-system: host-deps venv assets models
 clean:
 	rm -rf $(BUILD)
 
-bench: venv assets models
+# The image rows boot the debug image (they read the guest through its shell); the ota rows build their own.
+bench: host-deps venv assets models
+	$(FIELDBOX) build --debug-shell
 	$(PY) -m fieldbox_host.bench

@@ -8,6 +8,7 @@ PACKAGES=(
   qemu-user-static binfmt-support qemu-system-arm qemu-utils
   mmdebstrap u-boot-qemu u-boot-tools dosfstools mtools e2fsprogs fdisk
   zstd busybox ca-certificates arch-test libubootenv-tool
+  netcat-openbsd  # the system tests' guestfwd: one nc per guest connection to a loopback port
 )
 
 missing=()

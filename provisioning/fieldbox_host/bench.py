@@ -55,6 +55,7 @@ SECTIONS: dict[str, str] = {
     "workflow": "fieldbox_host.bench_workflow:bench",
     "image": "fieldbox_host.bench_image:run",
     "sync": "fieldbox_host.bench_sync:bench",
+    "ota": "fieldbox_host.bench_ota:run",
 }
 
 

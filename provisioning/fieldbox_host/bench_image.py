@@ -35,11 +35,11 @@ BUILD = Path("build")
 
 
 def _image() -> tuple[Path, dict[str, object]]:
-    name = f"fieldbox-{__version__}-arm64"
+    name = f"fieldbox-{__version__}-arm64-debug"  # the boot rows read guest memory through the debug shell
     img = BUILD / f"{name}.img"
     man = BUILD / f"{name}.manifest.json"
     if not img.is_file() or not man.is_file():
-        raise Skip("no built image (run `make image`)")
+        raise Skip("no debug image (run `fieldbox build --debug-shell`; make test builds it)")
     manifest: dict[str, object] = json.loads(man.read_text())
     return img, manifest
 
@@ -79,7 +79,7 @@ def _rebuild() -> float:
     from fieldbox_host.image.build import BuildOptions, build_image
 
     started = time.monotonic()
-    build_image(BuildOptions(build_dir=BUILD))
+    build_image(BuildOptions(build_dir=BUILD, debug_shell=True))
     return time.monotonic() - started
 
 

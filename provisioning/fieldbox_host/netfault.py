@@ -35,6 +35,8 @@ class CutProxy:
         self.connections = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -43,6 +45,19 @@ class CutProxy:
         self.port = int(self._listener.getsockname()[1])
         self._thread = threading.Thread(target=self._accept, name="cut-proxy", daemon=True)
         self._thread.start()
+
+    def hold(self) -> None:
+        """New connections wait (are accepted, not forwarded) until :meth:`release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Forward again, starting with the connections that waited."""
+        self._open.set()
+
+    def cut_after(self, offsets: list[int]) -> None:
+        """Add cuts at these byte counts from now on (relative to what has passed so far)."""
+        with self._lock:
+            self.cuts = sorted([*self.cuts, *(self.sent + o for o in offsets)])
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -69,6 +84,10 @@ class CutProxy:
             return n
 
     def _pipe(self, client: socket.socket) -> None:
+        while not self._open.wait(0.2):
+            if self._stop.is_set():
+                reset(client)
+                return
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
         except OSError:

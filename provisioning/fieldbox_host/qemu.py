@@ -49,6 +49,8 @@ READY_PATTERN = r"fieldbox ready: (\d+) programs RUNNING, ([0-9.]+) s since kern
 DEGRADED_PATTERN = r"fieldbox degraded: [^\n]*"
 UBOOT_PATTERN = r"U-Boot 20\d\d"
 QEMU = "qemu-system-aarch64"
+GUESTFWD_ADDR = "10.0.2.100"
+"""The one address a guest may reach (port 80): forwarded to a loopback port of the host."""
 
 
 class QemuError(FieldboxError):
@@ -188,6 +190,7 @@ def qemu_command(
     shell_socket: Path | None = None,
     network: bool = True,
     env_flash: Path | None = None,
+    guestfwd_port: int | None = None,
 ) -> list[str]:
     """The qemu-system-aarch64 command line for one boot of the overlay."""
     cmd = [
@@ -211,7 +214,11 @@ def qemu_command(
             "-device", "virtconsole,chardev=dbg",
         ]  # fmt: skip
     # virtio over MMIO like the disk (virtio-net-pci wants an iPXE ROM file we do not need)
-    cmd += (["-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0"]
+    netdev = "user,id=n0,restrict=on"
+    if guestfwd_port is not None:
+        # restrict=on: no address but this one; each guest connection runs one nc to the host's loopback
+        netdev += f",guestfwd=tcp:{GUESTFWD_ADDR}:80-cmd:nc 127.0.0.1 {guestfwd_port}"
+    cmd += (["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
             if network else ["-nic", "none"])  # fmt: skip
     return cmd
 
@@ -229,6 +236,7 @@ class Machine:
         grow_mib: int = 512,
         debug_shell: bool = True,
         board: str = "virt",
+        guestfwd_port: int | None = None,
     ) -> None:
         if board not in ("virt", "raspi3b"):
             raise QemuError(f"unknown QEMU machine {board!r}", "use virt or raspi3b")
@@ -239,6 +247,7 @@ class Machine:
         self.smp = smp
         self.grow_mib = grow_mib
         self.debug_shell = debug_shell
+        self.guestfwd_port = guestfwd_port
         self.overlay = workdir / "overlay.qcow2"
         self.console_log = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -276,7 +285,8 @@ class Machine:
             flash = self.workdir / "uboot-env.flash"
             env_flash = flash if write_env_flash(flash) else None
             cmd = qemu_command(self.overlay, memory_mib=self.memory_mib, smp=self.smp, serial="tcp",
-                               serial_port=port, shell_socket=shell_sock, env_flash=env_flash)  # fmt: skip
+                               serial_port=port, shell_socket=shell_sock, env_flash=env_flash,
+                               guestfwd_port=self.guestfwd_port)  # fmt: skip
         log = open(self.workdir / "qemu.stderr", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.started_at = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fieldbox_host.devstack import DevStack
+from ota_fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "build" / "assets"
@@ -28,3 +29,13 @@ def devstack(tmp_path: Path) -> Iterator[DevStack]:
     finally:
         stack.stop()
         shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """Update keys, a TUF repository and ``fieldbox serve --repo`` on loopback (tests/ota_fleet.py)."""
+    f = Fleet(tmp_path / "fleet")
+    try:
+        yield f
+    finally:
+        f.close()

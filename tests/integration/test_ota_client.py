@@ -14,11 +14,9 @@ import hashlib
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ota_support import FakeSlots, Fleet, change_app, device_check, install, rootfs_bytes
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, TargetFile
 
@@ -31,19 +29,11 @@ from fieldbox.ota.state import Progress
 from fieldbox_host.netfault import CutProxy
 from fieldbox_host.release import keys as keyring
 from fieldbox_host.release.repository import Published, _sign, utcnow
+from ota_fleet import FakeSlots, Fleet, change_app, device_check, install, rootfs_bytes
 
 pytestmark = pytest.mark.integration
 
 V1 = rootfs_bytes(seed=1)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path / "fleet")
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture
@@ -364,3 +354,17 @@ def test_an_unreachable_repository_is_one_line_with_a_hint(slots: FakeSlots, fle
     with pytest.raises(UpdateError, match="cannot fetch update metadata") as exc:
         device_check(fleet, "0.1.0", slots.root, cfg=cfg)
     assert "\n" not in str(exc.value)
+
+
+def test_a_release_whose_store_an_older_slot_cannot_open_is_refused(fleet: Fleet, slots: FakeSlots) -> None:
+    from fieldbox.store.migrations import LATEST
+
+    published = fleet.publish("0.2.0", V1)
+
+    def breaking(t: Metadata) -> None:  # type: ignore[type-arg]
+        custom = t.signed.targets[published.path].unrecognized_fields["custom"]
+        custom["fieldbox"]["store_min_reader"] = LATEST + 1
+
+    _republish(fleet, breaking)
+    _, result = device_check(fleet, "0.1.0", slots.root)
+    assert result.candidate is None and "could not open it after a rollback" in result.refused[0][1]

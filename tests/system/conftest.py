@@ -44,9 +44,10 @@ def _ensure_models() -> None:
 
 @pytest.fixture(scope="session")
 def fieldbox_image(assets_dir: Path) -> BuildResult:
-    """The appliance image, built (or rebuilt from cache) once per test session."""
+    """The debug image (a root shell on hvc0 for the tests that need to look inside), built (or
+    rebuilt from cache) once per test session."""
     _ensure_models()
-    result = build_image(BuildOptions(build_dir=BUILD))
+    result = build_image(BuildOptions(build_dir=BUILD, debug_shell=True))
     print("\n" + summary(result), file=sys.stderr)
     assert result.image is not None and result.image.is_file()
     return result

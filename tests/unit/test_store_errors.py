@@ -182,6 +182,25 @@ def test_newer_schema_is_refused_with_a_hint(tmp_path: Path) -> None:
     assert err.value.hint and "update fieldbox" in err.value.hint
 
 
+def test_a_newer_but_compatible_schema_opens_after_a_rollback(tmp_path: Path) -> None:
+    """A newer release migrated the shared store additively (min_reader <= ours): the old slot
+    still opens it and reads what was stored; a min_reader above ours is refused."""
+    from fieldbox.store.migrations import LATEST
+
+    db, keys = _make(tmp_path, 10)
+    with Store.open(db, keys) as s:
+        s.conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+        s.conn.execute("CREATE TABLE schema_compat (id INTEGER PRIMARY KEY, min_reader INTEGER)")
+        s.conn.execute(f"INSERT INTO schema_compat VALUES (1, {LATEST})")
+        s.conn.execute("CREATE TABLE newer_feature (x TEXT)")
+    with Store.open(db, keys) as s:
+        assert s.count_results() == 10
+    with Store.open(db, keys) as s:
+        s.conn.execute(f"UPDATE schema_compat SET min_reader = {LATEST + 1}")
+    with pytest.raises(StoreError, match="newer than this fieldbox knows"):
+        Store.open(db, keys)
+
+
 def test_foreign_sqlcipher_database_is_not_taken_over(tmp_path: Path) -> None:
     db, keys = _make(tmp_path)
     with Store.open(db, keys) as s:

@@ -97,8 +97,8 @@ def report_events(st: OtaState) -> None:
     st.save()
 
 
-def _reboot() -> None:
-    console("rebooting into the new slot")
+def _reboot(why: str) -> None:
+    console(f"rebooting: {why}")
     subprocess.Popen([REBOOT], start_new_session=True, stdin=subprocess.DEVNULL)
 
 
@@ -138,7 +138,7 @@ def _trial(cfg: OtaConfig, st: OtaState, bootfs: Path, booted: str, version: str
         return "committed"
     bootctl.mark_bad(bootfs, booted)
     _rolled_back(st, version, f"health check failed in slot {booted}: {verdict.reason}")
-    _reboot()
+    _reboot(f"back to slot {'A' if booted == 'B' else 'B'}")
     return "rolled back"
 
 
@@ -224,7 +224,12 @@ def check_and_install(
     started = time.monotonic()
     try:
         report = Installer(
-            checker.http, slots[target], slots[booted], target, retries=cfg.retries, progress=progress
+            checker.http,
+            slots[target],
+            slots[booted],
+            target,
+            retries=cfg.retries,
+            progress=_console_progress(target, progress),
         ).install(cand)
     except UpdateError as exc:
         st.last_result = f"install of {cand.info.version} failed: {exc}"
@@ -248,11 +253,18 @@ def check_and_install(
         bundle=report.bundle_bytes,
         chunks_local=report.chunks_local,
         chunks_remote=report.chunks_remote,
+        chunks_zero=report.chunks_zero,
+        chunks_resumed=report.chunks_resumed,
         retries=report.retries,
+        image=report.image_bytes,
+        index_s=round(report.index_s, 1),
+        write_s=round(report.write_s, 1),
+        verify_s=round(report.verify_s, 1),
     )
     console(
         f"installed {cand.info.version} in slot {target} in {seconds:.0f} s "
-        f"({report.downloaded / 2**20:.1f} of {report.bundle_bytes / 2**20:.1f} MiB downloaded)"
+        f"({report.downloaded / 2**20:.1f} of {report.bundle_bytes / 2**20:.1f} MiB downloaded, "
+        f"{report.downloaded} bytes)"
     )
     out.update(
         action="installed",
@@ -262,9 +274,26 @@ def check_and_install(
         bundle=report.bundle_bytes,
     )
     if reboot == "now":
-        _reboot()
+        _reboot(f"into {cand.info.version} in slot {target}, on trial")
         out["rebooting"] = True
     return out
+
+
+def _console_progress(slot: str, also: Any = None) -> Any:
+    """A progress callback that puts a line on the console every 20 % of the slot written."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        step = done * 5 // max(total, 1)
+        if step != last[0] and done < total:
+            console(f"slot {slot}: {done * 100 // max(total, 1)} % written")
+            last[0] = step
+        if done >= total:
+            console(f"slot {slot} written, reading it back")
+        if also is not None:
+            also(done, total)
+
+    return report
 
 
 def keep_clock(path: Path | None = None) -> None:

@@ -103,6 +103,13 @@ def judge(device: Device, info: ReleaseInfo, length: int, cfg: OtaConfig) -> str
         return f"release {v}: bundle of {length} bytes exceeds max_bundle_bytes ({cfg.max_bundle_bytes})"
     if info.manifest_length >= length:
         return f"release {v}: its manifest ({info.manifest_length} bytes) is not shorter than the bundle"
+    from fieldbox.store.migrations import LATEST
+
+    if info.store_min_reader > LATEST:
+        return (
+            f"release {v} changes the encrypted store so that this release (schema {LATEST}) could not "
+            f"open it after a rollback (needs schema {info.store_min_reader}): not installed"
+        )
     if v in device.rejected:
         return f"release {v} already failed its trial boot on this device (waiting for a newer release)"
     return None

@@ -9,7 +9,9 @@ that sends more (endless data), ignores the Range header, or stalls is an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,15 @@ from tuf.ngclient import FetcherInterface
 from fieldbox import __version__
 from fieldbox.errors import ConfigError, UpdateError
 
+log = logging.getLogger("fieldbox.ota")
+
 READ_SIZE = 64 * 1024
 NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 """What a dropped, reset or stalled connection raises (urllib3's ProtocolError, ReadTimeoutError, ...)."""
+
+
+class TransferBroken(UpdateError):
+    """The connection ended early or the server is briefly unavailable: worth resuming."""
 
 
 class Http:
@@ -43,6 +51,8 @@ class Http:
         )
         self.received = 0
         """Body bytes received so far (metadata and bundle), for the bench and the resume test."""
+        self.resumes = 0
+        """Range requests made to resume a broken transfer."""
 
     def _check(self, url: str) -> None:
         if self.https_only and not url.startswith("https://"):
@@ -60,6 +70,8 @@ class Http:
         try:
             if resp.status == 200 and start == 0:
                 pass  # a server without Range support: the first bytes are the ones asked for
+            elif resp.status in (502, 503, 504):
+                raise TransferBroken(f"{url}: HTTP {resp.status} (server busy)")
             elif resp.status != 206:
                 raise UpdateError(
                     f"{url}: HTTP {resp.status} for bytes {start}-{end - 1}",
@@ -75,7 +87,7 @@ class Http:
             while got < want:
                 piece = resp.read(min(READ_SIZE, want - got))
                 if not piece:
-                    raise UpdateError(f"{url}: connection ended after {got} of {want} bytes")
+                    raise TransferBroken(f"{url}: connection ended after {got} of {want} bytes")
                 got += len(piece)
                 self.received += len(piece)
                 yield piece
@@ -83,6 +95,36 @@ class Http:
             if resp.length_remaining:  # more than asked for (or an abandoned read): never reuse it
                 resp.close()
             resp.release_conn()
+
+    def fetch(
+        self, url: str, start: int, end: int, retries: int, sleep: Callable[[float], None] = time.sleep
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of ``url``; a dropped connection resumes with a Range request from
+        the first byte not yet received (``retries`` times in a row without progress, backing off)."""
+        pos = start
+        failures = 0
+        while pos < end:
+            try:
+                for piece in self.range(url, pos, end):
+                    pos += len(piece)
+                    failures = 0
+                    yield piece
+            except (*NETWORK_ERRORS, TransferBroken) as exc:
+                failures += 1
+                if failures > retries:
+                    raise UpdateError(
+                        f"download of {url} keeps failing ({failures} times in a row): {exc}",
+                        "the next check resumes where this one stopped",
+                    ) from None
+                self.resumes += 1
+                wait = min(30.0, 2.0 ** (failures - 1))
+                log.warning(
+                    "download broke off at byte %d (%s); resuming in %.0f s with a Range request",
+                    pos,
+                    exc,
+                    wait,
+                )
+                sleep(wait)
 
 
 class TufFetcher(FetcherInterface):

@@ -36,7 +36,7 @@ from fieldbox.errors import BundleError, UpdateError, UpdateRefusedError
 from fieldbox.ota import bundle
 from fieldbox.ota.bundle import Chunk, Manifest
 from fieldbox.ota.client import Candidate
-from fieldbox.ota.http import NETWORK_ERRORS, Http
+from fieldbox.ota.http import Http
 from fieldbox.ota.state import Progress
 
 log = logging.getLogger("fieldbox.ota")
@@ -175,10 +175,12 @@ class InstallReport:
     verify_s: float = 0.0
 
 
-def fetch_manifest(http: Http, cand: Candidate) -> Manifest:
+def fetch_manifest(
+    http: Http, cand: Candidate, retries: int = 8, sleep: Callable[[float], None] = time.sleep
+) -> Manifest:
     """The bundle's manifest, checked against the signed target metadata."""
     info = cand.info
-    data = b"".join(http.range(cand.url, 0, info.manifest_length))
+    data = b"".join(http.fetch(cand.url, 0, info.manifest_length, retries, sleep))
     if hashlib.sha256(data).hexdigest() != info.manifest_sha256:
         raise UpdateRefusedError(
             f"release {info.version}: the manifest does not match its signed sha256",
@@ -225,8 +227,10 @@ class Installer:
     def install(self, cand: Candidate) -> InstallReport:
         """Write and verify the slot; :class:`UpdateError` (and an untouched running slot) on failure."""
         received0 = self.http.received
-        manifest = fetch_manifest(self.http, cand)
+        resumes = self.http.resumes
+        manifest = fetch_manifest(self.http, cand, self.retries, self.sleep)
         report = InstallReport(cand.info.version, self.slot, manifest.image_size, cand.length)
+        report.retries = self.http.resumes - resumes
         try:
             fd = os.open(self.target, os.O_RDWR)
         except OSError as exc:
@@ -333,18 +337,19 @@ class Installer:
             os.pwrite(fd, bytes(chunk.length), chunk.offset)
 
     def _fetch_run(self, fd: int, cand: Candidate, run: list[Chunk], report: InstallReport) -> list[Chunk]:
-        """Fetch, verify and write a run of consecutive chunks; resume broken transfers."""
+        """Fetch, verify and write a run of consecutive chunks (broken transfers resume in ``Http.fetch``;
+        a chunk that fails its sha256 is fetched once more, then the install fails)."""
         written: list[Chunk] = []
-        failures = 0
-        bad_hash = 0
+        bad = 0
         while len(written) < len(run):
             todo = run[len(written) :]
             start = todo[0].payload_offset
             end = todo[-1].payload_offset + todo[-1].compressed_length
             buf = bytearray()
             pos = 0
+            resumes = self.http.resumes
             try:
-                for piece in self.http.range(cand.url, start, end):
+                for piece in self.http.fetch(cand.url, start, end, self.retries, self.sleep):
                     buf += piece
                     while pos < len(todo) and len(buf) >= todo[pos].compressed_length:
                         c = todo[pos]
@@ -354,35 +359,17 @@ class Installer:
                         written.append(c)
                         report.chunks_remote += 1
                         pos += 1
-                        failures = 0
-                        bad_hash = 0
+                        bad = 0
             except BundleError as exc:
-                bad_hash += 1
-                if bad_hash >= 2:
+                bad += 1
+                if bad >= 2:
                     raise BundleError(
                         f"release {cand.info.version}: {exc.message} twice",
                         "the repository's bundle is corrupt or was altered in transit",
                     ) from None
                 log.warning("%s; fetching it again", exc)
-            except (*NETWORK_ERRORS, UpdateError) as exc:
-                if isinstance(exc, UpdateRefusedError):
-                    raise
-                failures += 1
-                report.retries += 1
-                if failures > self.retries:
-                    raise UpdateError(
-                        f"download of {cand.info.version} keeps failing ({failures} times in a row): "
-                        f"{exc}",
-                        "the next check resumes where this one stopped",
-                    ) from None
-                wait = min(30.0, 2.0 ** (failures - 1))
-                log.warning(
-                    "download broke off at chunk %d (%s); resuming in %.0f s with a Range request",
-                    (todo[pos].index if pos < len(todo) else todo[-1].index),
-                    exc,
-                    wait,
-                )
-                self.sleep(wait)
+            finally:
+                report.retries += self.http.resumes - resumes
         return written
 
     def _read_back(self, fd: int, manifest: Manifest) -> None:

@@ -15,6 +15,9 @@ Its ``length`` and ``hashes`` cover the whole bundle; its ``custom`` metadata
   (anti-downgrade that does not depend on TUF's own rollback checks).
 - ``manifest_*``: the bundle's manifest (header and chunk index), so a device
   trusts the manifest before it downloads a single chunk.
+- ``store_min_reader``: the oldest store schema that can still read the store
+  after this release migrated it (:data:`fieldbox.store.migrations.MIN_READER`);
+  a device refuses a release it could not roll back from.
 
 Keys stay ASCII (other TUF clients canonicalise non-ASCII keys differently).
 """
@@ -60,6 +63,7 @@ class ReleaseInfo:
     manifest_sha256: str
     compatible_from: str | None = None
     min_version: str | None = None
+    store_min_reader: int = 1
     kind: str = KIND_ROOTFS
 
     def to_custom(self) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class ReleaseInfo:
             "board": self.board,
             "manifest_length": self.manifest_length,
             "manifest_sha256": self.manifest_sha256,
+            "store_min_reader": self.store_min_reader,
         }
         if self.compatible_from is not None:
             body["compatible_from"] = self.compatible_from
@@ -114,8 +119,13 @@ class ReleaseInfo:
         assert digest is not None
         if not _HEX64.match(digest):
             raise UpdateRefusedError(f"target {path}: custom.fieldbox.manifest_sha256 is not a sha256")
+        reader = body.get("store_min_reader", 1)
+        if not isinstance(reader, int) or isinstance(reader, bool) or reader < 1:
+            raise UpdateRefusedError(f"target {path}: custom.fieldbox.store_min_reader is not a version")
         if path != target_path(board, version):
             raise UpdateRefusedError(
                 f"target {path} does not match its metadata ({target_path(board, version)})"
             )
-        return cls(version, board, length, digest, text("compatible_from", True), text("min_version", True))
+        return cls(
+            version, board, length, digest, text("compatible_from", True), text("min_version", True), reader
+        )

@@ -13,6 +13,18 @@ engineer extends ``outbox`` this way.
 
 Conventions: times are Unix seconds (REAL, UTC); JSON is stored as compact
 TEXT; ``priority`` is 0 (most urgent) to 9 (least), default 5.
+
+**Both root slots share the store.** After an update the new slot migrates
+``/data``'s store; if its trial fails, the old slot must still open it. So the
+schema stays compatible: a migration only adds tables, columns with defaults
+and indexes, which older code ignores, and an older release opens a newer
+store as long as the store's ``schema_compat.min_reader`` (a one-row table; a
+store without it counts as strict) is not above the old code's
+:data:`LATEST`. A migration that older code cannot live with is marked
+``breaking``; it raises :data:`MIN_READER`, which the image build records and
+``fieldbox release`` publishes, and a device refuses to install a release
+whose ``MIN_READER`` is above its own ``LATEST`` (the rollback could not open
+the store). The first migration after 3 must also create ``schema_compat``.
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    breaking: bool = False
+    """Older code cannot use the database after this step (see the module docstring)."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -131,6 +145,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 LATEST = len(MIGRATIONS)
 """The schema version this code writes."""
+MIN_READER = max((m.version for m in MIGRATIONS if m.breaking), default=1)
+"""The oldest schema version whose code can still use a store this code migrated."""
 
 
 def check_numbering(migrations: Sequence[Migration] = MIGRATIONS) -> None:
@@ -145,6 +161,15 @@ def check_numbering(migrations: Sequence[Migration] = MIGRATIONS) -> None:
 def schema_version(conn: Any) -> int:
     """``PRAGMA user_version`` of an open connection."""
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _min_reader(conn: Any, current: int) -> int:
+    """``schema_compat.min_reader`` of the store, or ``current`` (strict) when it has none."""
+    try:
+        row = conn.execute("SELECT min_reader FROM schema_compat").fetchone()
+    except Exception:  # no such table (SQLCipher and sqlite3 raise their own OperationalError)
+        return current
+    return int(row[0]) if row and isinstance(row[0], int) else current
 
 
 def migrate(
@@ -166,6 +191,8 @@ def migrate(
         "SELECT (SELECT user_version FROM pragma_user_version), "
         "(SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)"
     ).fetchone()
+    if current > latest and _min_reader(conn, current) <= latest:
+        return int(current)  # a newer release's store, still readable by this code (rolled back)
     if current > latest:
         raise StoreError(
             f"store {label} has schema version {current}, newer than this fieldbox knows ({latest})",

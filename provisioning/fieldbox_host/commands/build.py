@@ -1,7 +1,15 @@
 """``fieldbox build``: the appliance image (or, for ``--board jetson``, a rootfs tarball).
 
-    fieldbox build [--board qemu-arm64|rpi|jetson] [--build-dir build] [--no-debug-shell]
-                   [--slot-b copy|empty] [--no-compress]
+    fieldbox build [--board qemu-arm64|rpi|jetson] [--build-dir build] [--output-dir DIR]
+                   [--image-version X.Y.Z] [--repo DIR] [--update-url URL] [--sync-url URL]
+                   [--overlay DIR] [--debug-shell] [--slot-b copy|empty] [--no-compress]
+
+The image users flash: no shell on any console, the root account locked.
+``--repo`` bakes that update repository's newest root metadata into the
+read-only root slot, so the device trusts only its own fleet from its first
+boot; ``--update-url`` is where the device finds that repository. A test
+image with a root shell on the virtio console is opt-in (``--debug-shell``)
+and its file name says so (``*-debug.img``).
 
 Needs root and the host packages ``make host-deps`` installs; checks both (and
 free space, and the board name) before any long work.
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fieldbox import __version__
 from fieldbox_host.image.boards import BOARDS
 
 
@@ -25,9 +34,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--board", default="qemu-arm64", help=f"target board: {', '.join(BOARDS)}")
     parser.add_argument("--build-dir", type=Path, default=Path("build"), help="output and cache directory")
+    parser.add_argument("--output-dir", type=Path, help="where the image files go (default: --build-dir)")
+    parser.add_argument("--image-version", default=__version__, metavar="X.Y.Z",
+                        help=f"the release version the image carries (default {__version__})")  # fmt: skip
+    parser.add_argument("--repo", type=Path, help="update repository whose root metadata the image trusts")
+    parser.add_argument("--update-url", default="", metavar="URL",
+                        help="the repository as the device reaches it (ota.toml repository_url)")  # fmt: skip
+    parser.add_argument("--sync-url", default="", metavar="URL",
+                        help="the ingest server devices sync to (sync.toml server_url)")  # fmt: skip
+    parser.add_argument("--overlay", type=Path, help="a directory laid over the root filesystem last")
     parser.add_argument(
-        "--no-debug-shell", dest="debug_shell", action="store_false",
-        help="production image: no root shell on the virtio console (hvc0)",
+        "--debug-shell", action="store_true",
+        help="TEST IMAGES ONLY: a login-free root shell on the virtio console (hvc0); named *-debug.img",
     )  # fmt: skip
     parser.add_argument(
         "--slot-b", choices=("copy", "empty"), default="copy",
@@ -47,6 +65,12 @@ def _build(args: argparse.Namespace) -> int:
             debug_shell=args.debug_shell,
             slot_b=args.slot_b,
             compress=args.compress,
+            version=args.image_version,
+            repo=args.repo,
+            update_url=args.update_url,
+            sync_url=args.sync_url,
+            overlay=args.overlay,
+            output_dir=args.output_dir,
         )
     )
     print(summary(result))

@@ -14,7 +14,9 @@ import contextlib
 import datetime as dt
 import fcntl
 import logging
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldbox import __version__
+from fieldbox.store import migrations
 from fieldbox_host.image import (
     boards,
     bootpart,
@@ -51,9 +54,22 @@ class BuildOptions:
     board: str = "qemu-arm64"
     build_dir: Path = Path("build")
     version: str = __version__
-    debug_shell: bool = True
+    debug_shell: bool = False
+    """A login-free root shell on the virtio console (hvc0) for tests that need one; never for users."""
     slot_b: str = "copy"  # "copy": slot B holds the same root as A; "empty": blank until an update
     compress: bool = True
+    repo: Path | None = None
+    """A TUF repository (``fieldbox keys init --repo``): its newest root is baked into the image."""
+    update_url: str = ""
+    """The repository's URL as the device reaches it (``ota.toml`` repository_url)."""
+    sync_url: str = ""
+    """The ingest server (``sync.toml`` server_url)."""
+    overlay: Path | None = None
+    """A directory laid over the root filesystem last (site config, agents, models)."""
+    output_dir: Path | None = None
+    """Where the image files go (default: ``build_dir``); the caches stay in ``build_dir``."""
+    source_date_epoch: int | None = None
+    """File times and the build time; default ``$SOURCE_DATE_EPOCH``, else the last commit's time."""
 
 
 @dataclass
@@ -74,9 +90,9 @@ class BuildResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def image_name(version: str) -> str:
-    """``fieldbox-<version>-arm64``."""
-    return f"fieldbox-{version}-arm64"
+def image_name(version: str, debug_shell: bool = False) -> str:
+    """``fieldbox-<version>-arm64``, or ``...-arm64-debug`` for an image with the debug shell."""
+    return f"fieldbox-{version}-arm64" + ("-debug" if debug_shell else "")
 
 
 def models(build_dir: Path) -> list[tuple[Path, str]]:
@@ -115,6 +131,35 @@ class _Timer:
 Staged = tuple[Path, debian.CachedDebian, list[wheels.Wheel], dict[str, Path]]
 
 
+def build_epoch(opts: BuildOptions, source: Path) -> int:
+    """SOURCE_DATE_EPOCH: given, from the environment, the last commit's time, or now."""
+    if opts.source_date_epoch is not None:
+        return opts.source_date_epoch
+    env = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if env.isdigit():
+        return int(env)
+    try:
+        out = subprocess.run(["git", "-C", str(source), "log", "-1", "--format=%ct"], capture_output=True,
+                             text=True, check=False, timeout=10)  # fmt: skip
+        if out.returncode == 0 and out.stdout.strip().isdigit():
+            return int(out.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return int(time.time())
+
+
+def trusted_root(opts: BuildOptions) -> bytes | None:
+    """The newest root metadata of ``opts.repo`` (checked before any long work)."""
+    if opts.repo is None:
+        return None
+    metadata = opts.repo / "metadata"
+    versions = sorted(int(p.name.split(".")[0]) for p in metadata.glob("*.root.json") if p.name[0].isdigit())
+    if not versions:
+        raise ImageError(f"{opts.repo} is not an update repository (no metadata/N.root.json)",
+                         "create it with `fieldbox keys init --repo DIR`")  # fmt: skip
+    return (metadata / f"{versions[-1]}.root.json").read_bytes()
+
+
 def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> Staged:
     """The complete root filesystem tree in ``work/rootfs`` (+ cache entry, wheels, extra debs)."""
     cache = opts.build_dir / "cache"
@@ -122,6 +167,7 @@ def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> S
     extra: dict[str, Path] = timer.step("arm64 debs", lambda: debs.fetch(list(EXTRA_DEBS), cache))
     whl: list[wheels.Wheel] = timer.step("wheels", lambda: wheels.fetch(source, cache))
     root = work / "rootfs"
+    epoch = build_epoch(opts, source)
     timer.step("unpack cache", lambda: debian.extract(base, root))
 
     def lay_in() -> None:
@@ -129,8 +175,13 @@ def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> S
         rootfs.install_fieldbox(source, root)
         rootfs.install_models(models(opts.build_dir), root)
         rootfs.copy_overlay(source / "rootfs-overlay", root)
+        if opts.overlay is not None:
+            rootfs.copy_overlay(opts.overlay, root)
+        rootfs.configure_updates(root, trusted_root(opts), opts.update_url)
+        if opts.sync_url:
+            rootfs.set_toml_key(root / "etc/fieldbox/sync.toml", "server_url", opts.sync_url)
         rootfs.redirect_writable(root)
-        rootfs.write_identity(root, rootfs.RootOptions(opts.version, opts.debug_shell))
+        rootfs.write_identity(root, rootfs.RootOptions(opts.version, opts.debug_shell, opts.board, epoch))
         rootfs.place_kernel(root)
         initrd = initramfs.build(root, extra["busybox-static"], source / "image/initramfs/init")
         (root / "boot/initrd.img").write_bytes(initrd)
@@ -139,6 +190,7 @@ def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> S
     timer.step("fieldbox + overlay + initramfs", lay_in)
     timer.step("import check (qemu-user)", lambda: rootfs.smoke_import(root))
     timer.step("readahead list (qemu-user)", lambda: rootfs.write_readahead_list(root))
+    timer.step("file times", lambda: rootfs.clamp_times(root, epoch))
     return root, base, whl, extra
 
 
@@ -150,6 +202,14 @@ def build_image(opts: BuildOptions) -> BuildResult:
     source = source_dir()
     hostcheck.check_build_host(opts.build_dir)
     models(opts.build_dir)  # fail now, not after the rootfs
+    trusted_root(opts)
+    if opts.overlay is not None and not opts.overlay.is_dir():
+        raise ImageError(f"overlay {opts.overlay} is not a directory")
+    if opts.update_url and not opts.update_url.startswith(("http://", "https://")):
+        raise ImageError(f"update URL {opts.update_url!r} must start with http:// or https://")
+    if opts.update_url and opts.repo is None:
+        raise ImageError("--update-url without --repo: the image would trust no repository",
+                         "give --repo DIR (the repository whose root the devices trust)")  # fmt: skip
     with _build_lock(opts.build_dir):
         return _build_locked(opts, board, source)
 
@@ -173,7 +233,7 @@ def _build_locked(opts: BuildOptions, board: boards.Board, source: Path) -> Buil
     started = time.monotonic()
     work = opts.build_dir / "work"
     root, base, whl, extra = stage_root(opts, source, work, timer)
-    name = image_name(opts.version)
+    name = image_name(opts.version, opts.debug_shell)
     if board.output == "tarball":
         result.tarball = timer.step("jetson tarball", lambda: _tarball(opts, root, name))
     else:
@@ -233,16 +293,19 @@ def _disk(
     boot_fs = fs_dir / "boot.vfat"
     disk.make_fat(boot_fs, parts[0].size_mib, boot)
     root_fs = fs_dir / "root.ext4"
-    disk.make_ext4(root_fs, parts[1].size_mib, root, "fieldbox-root")
+    epoch = build_epoch(opts, source)
+    disk.make_ext4(root_fs, parts[1].size_mib, root, "fieldbox-root", epoch)
     result.root_used_bytes = disk.used_bytes_ext4(root_fs)
     contents = {1: boot_fs, 2: root_fs}
     if opts.slot_b == "copy":
         contents[3] = root_fs
-    name = image_name(opts.version)
-    out = opts.build_dir / f"{name}.img"
+    name = image_name(opts.version, opts.debug_shell)
+    out_dir = opts.output_dir or opts.build_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.img"
     zst = out.with_name(out.name + ".zst")
     sums = out.with_name(out.name + ".sha256")
-    man = opts.build_dir / f"{name}.manifest.json"
+    man = out_dir / f"{name}.manifest.json"
     for stale in (out, zst, sums, man):
         stale.unlink(missing_ok=True)
     tmp = out.with_name(out.name + ".partial")
@@ -262,6 +325,11 @@ def _disk(
         "version": opts.version,
         "board": opts.board,
         "built": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_date_epoch": epoch,
+        "store_schema": migrations.LATEST,
+        "store_min_reader": migrations.MIN_READER,
+        "trusted_root": opts.repo is not None,
+        "update_url": opts.update_url,
         "kernel": kver,
         "debug_shell": opts.debug_shell,
         "slot_b": opts.slot_b,
@@ -312,7 +380,8 @@ def summary(result: BuildResult) -> str:
     lines += [
         f"  steps: {steps}",
         "  next: make emulate                  (boot it under QEMU, console here; Ctrl-A X quits)",
-        f"        zstdcat {result.image}.zst | dd of=/dev/sdX bs=4M conv=fsync"
-        "   (write it to an SD card; `fieldbox flash` is not written yet)",
+        (f"        zstdcat {result.compressed} | dd of=/dev/sdX bs=4M conv=fsync" if result.compressed else
+         f"        dd if={result.image} of=/dev/sdX bs=4M conv=fsync")
+        + "   (write it to an SD card; `fieldbox flash` is not written yet)",
     ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ first boot and grows it to the size of the card.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from fieldbox_host.image import layout
@@ -32,18 +33,57 @@ def make_fat(path: Path, size_mib: int, files: dict[str, Path], label: str = "FI
         run(["mcopy", "-i", path, "-o", src, f"::/{name}"], what=f"mcopy {name}")
 
 
-def make_ext4(path: Path, size_mib: int, tree: Path, label: str) -> None:
+ROOT_UUID = "46424f58-726f-4f74-8000-000000000001"
+"""Fixed filesystem UUID and directory-hash seed of the root slots: with the file times and
+the build time fixed too, the same tree always gives the same bytes (reproducible root slots,
+so an update bundle's chunks stay the same where the files did)."""
+ROOT_HASH_SEED = "46424f58-6861-4f73-8000-000000000001"
+
+
+def make_ext4(path: Path, size_mib: int, tree: Path, label: str, epoch: int = 0) -> None:
     """An ext4 filesystem file of ``size_mib`` filled from the directory ``tree``.
 
     No journal: a root slot is mounted read-only and written only whole (by an update).
+    Reproducible: fixed UUID and hash seed, superblock times from ``epoch``
+    (``E2FSPROGS_FAKE_TIME``), and every inode's ctime set to its mtime afterwards
+    (``mke2fs -d`` copies the build host's ctimes, which no one can set).
     """
     path.unlink(missing_ok=True)
     with open(path, "wb") as fh:
         fh.truncate(size_mib * layout.MIB)
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", label, "-m", "0",
-         "-E", "root_owner=0:0", "-d", tree, path],
-        what=f"mke2fs of {label}")  # fmt: skip
+         "-U", ROOT_UUID, "-E", f"root_owner=0:0,hash_seed={ROOT_HASH_SEED}", "-d", tree, path],
+        what=f"mke2fs of {label}", env=env)  # fmt: skip
+    _set_ctimes(path, tree, epoch)
     run(["e2fsck", "-fn", path], what=f"e2fsck of {label}")
+
+
+def _set_ctimes(image: Path, tree: Path, epoch: int) -> None:
+    """Set each inode's ctime to its mtime with one ``debugfs -w`` script."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        base = Path(dirpath)
+        names: list[str | None] = [*sorted(dirnames), *sorted(filenames)]
+        if base == tree:
+            names.insert(0, None)
+        for name in names:
+            p = base if name is None else base / name
+            rel = "/" + str(p.relative_to(tree)) if p != tree else "/"
+            if '"' in rel or "\n" in rel or "\\" in rel:
+                raise ImageError(f"{rel!r}: a file name debugfs cannot quote is in the root filesystem")
+            lines.append(f'sif "{rel}" ctime @{int(os.lstat(p).st_mtime)}\n')
+    script = image.with_name(image.name + ".ctimes")
+    script.write_text("".join(lines), encoding="utf-8")
+    try:
+        fake = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else {}
+        proc = subprocess.run(["debugfs", "-w", "-f", str(script), str(image)], capture_output=True,
+                              text=True, check=False, env={**os.environ, **fake})  # fmt: skip
+    finally:
+        script.unlink(missing_ok=True)
+    errors = [ln for ln in proc.stderr.splitlines() if ln and not ln.startswith("debugfs ")]
+    if proc.returncode != 0 or errors:
+        raise ImageError(f"debugfs could not set the ctime of every file: {(errors or ['failed'])[0]}")
 
 
 def used_bytes_ext4(path: Path) -> int:

@@ -45,7 +45,10 @@ class RootOptions:
     """Choices that change the root filesystem's content."""
 
     version: str
-    debug_shell: bool = True
+    debug_shell: bool = False
+    board: str = "qemu-arm64"
+    epoch: int = 0
+    """SOURCE_DATE_EPOCH: file times are clamped to it, and the device's clock never starts before it."""
 
 
 def copy_overlay(overlay: Path, root: Path) -> int:
@@ -139,13 +142,15 @@ def write_identity(root: Path, opts: RootOptions) -> None:
     etc = root / "etc/fieldbox"
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "build-info").write_text(
-        f"FIELDBOX_VERSION={opts.version}\nFIELDBOX_DEBUG_SHELL={int(opts.debug_shell)}\n", encoding="ascii"
+        f"FIELDBOX_VERSION={opts.version}\nFIELDBOX_BOARD={opts.board}\nFIELDBOX_BUILD_EPOCH={opts.epoch}\n"
+        f"FIELDBOX_DEBUG_SHELL={int(opts.debug_shell)}\n",
+        encoding="ascii",
     )
     flag = etc / "debug-shell"
     if opts.debug_shell:
         flag.write_text(
             "# present: fieldbox-init starts a root shell on /dev/hvc0 (virtio console).\n"
-            "# A production image is built with --no-debug-shell and has no such shell.\n",
+            "# Only images built with `fieldbox build --debug-shell` (named *-debug.img) have it.\n",
             encoding="ascii",
         )
     else:
@@ -154,9 +159,12 @@ def write_identity(root: Path, opts: RootOptions) -> None:
 
 def compile_python(root: Path) -> None:
     """Byte-compile what we laid in, plain and ``-OO`` (the services run with
-    ``PYTHONOPTIMIZE=2``); the read-only root could not cache it later."""
+    ``PYTHONOPTIMIZE=2``); the read-only root could not cache it later.
+
+    ``unchecked-hash`` byte code: it records no source time (reproducible), and
+    on a read-only root there is nothing to check it against at import."""
     site = root / wheels.SITE
-    levels = ["-o", "0", "-o", "2"]
+    levels = ["-o", "0", "-o", "2", "--invalidation-mode", "unchecked-hash"]
     if sys.version_info[:2] == (3, 11):
         cmd: list[str | Path] = [sys.executable, "-m", "compileall", "-q", "-j", "0", *levels, site]
         # paths inside .pyc files should read as on the device
@@ -166,10 +174,49 @@ def compile_python(root: Path) -> None:
     run(cmd, what="compiling python byte code")
 
 
+def configure_updates(root: Path, trusted_root: bytes | None, update_url: str) -> None:
+    """Bake the fleet's trusted TUF root (read-only from then on) and the repository URL."""
+    if trusted_root is not None:
+        target = root / "etc/fieldbox/update/root.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(trusted_root)
+    if update_url:
+        set_toml_key(root / "etc/fieldbox/ota.toml", "repository_url", update_url)
+
+
+def set_toml_key(path: Path, key: str, value: str) -> None:
+    """Replace the top-level ``key = "..."`` line of a shipped TOML file (the line must exist)."""
+    import json
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    line = re.compile(rf"^{re.escape(key)}\s*=.*$", re.M)
+    if not line.search(text):
+        raise ImageError(f"{path.name} has no {key} line to set")
+    path.write_text(line.sub(lambda _: f"{key} = {json.dumps(value)}", text, count=1), encoding="utf-8")
+
+
+def clamp_times(root: Path, epoch: int) -> int:
+    """No file newer than ``epoch`` (SOURCE_DATE_EPOCH): what we laid in gets the build's time,
+    Debian's files keep their package times. Returns the number of files changed."""
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, None]:
+            path = Path(dirpath) if name is None else Path(dirpath) / name
+            st = os.lstat(path)
+            if st.st_mtime > epoch or st.st_atime != st.st_mtime:
+                t = min(int(st.st_mtime), epoch)
+                os.utime(path, (t, t), follow_symlinks=False)
+                changed += 1
+    return changed
+
+
 def smoke_import(root: Path) -> None:
     """Import the wheels and fieldbox with the device's python (qemu-user): catches ABI mistakes."""
     code = (
         "import tflite_runtime.interpreter, sqlcipher3, numpy, supervisor.supervisord, fieldbox.cli; "
+        "import tuf.ngclient, fieldbox.ota.client, requests; "
+        "from securesystemslib.signer import _key; assert _key.CRYPTO_IMPORT_ERROR is None; "
         "print('ok')"
     )
     try:

@@ -32,6 +32,7 @@ class ImageFacts:
     built: int
     root_offset: int
     root_size: int
+    store_min_reader: int = 1
 
 
 def manifest_path(image: Path) -> Path:
@@ -54,6 +55,7 @@ def image_facts(image: Path) -> ImageFacts:
         version, board = doc["version"], doc["board"]
         root = next(p for p in doc["partitions"] if p["name"] == "rootA")
         built = int(doc.get("source_date_epoch", 0))
+        reader = int(doc.get("store_min_reader", 1))
         offset, size = int(root["start_mib"]) << 20, int(root["size_mib"]) << 20
     except FileNotFoundError:
         raise ReleaseError(
@@ -70,7 +72,7 @@ def image_facts(image: Path) -> ImageFacts:
         raise ReleaseError(f"{man}: board {board!r} cannot be released (a disk image board is needed)")
     if image.stat().st_size < offset + size:
         raise ReleaseError(f"{image} is shorter than its partition table says", "rebuild it")
-    return ImageFacts(image, version, board, built, offset, size)
+    return ImageFacts(image, version, board, built, offset, size, reader)
 
 
 def release_image(
@@ -120,6 +122,7 @@ def release_image(
             written.manifest_sha256,
             compatible_from,
             min_version,
+            facts.store_min_reader,
         )
         published = Published(path, written.length, written.sha256, info)
         final = repo.target_file(path, written.sha256)

@@ -1,4 +1,4 @@
-"""A small fleet on the host for update tests: keys, a TUF repository, ``fieldbox serve --repo``, a device.
+"""A small fleet for update tests: keys, a TUF repository, ``fieldbox serve --repo``, a device.
 
 Everything is real: the keys and metadata are made by the same code as
 ``fieldbox keys init`` and ``fieldbox release`` (python-tuf's metadata API),

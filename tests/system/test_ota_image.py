@@ -1,0 +1,319 @@
+"""Signed OTA updates of the release image under QEMU (512 MiB, TCG), end to end.
+
+One device, one story, in order (the module shares the machine):
+
+1. v1 boots; ``fieldbox release`` publishes v2 (an app change); the device finds
+   it by itself, installs it into slot B, reboots into the trial, passes its
+   health check and commits; after a power cycle it still runs v2 (and v2's
+   download is cut four times by a TCP proxy on the way: the install resumes
+   with Range requests and fetches no more than one chunk per cut beyond the
+   bytes it needed);
+2. v3 carries an agent whose self-test fails: trial boot, health fails, the
+   device is back on v2 by itself, and both its console and the server say why;
+3. v4 is installed while the power is cut ten times, from the download to
+   just after the commit: every boot reaches a working slot, and the device
+   ends on v4 committed (or v2 intact, had the trial used up its boots).
+
+The images are release images (no shell on any console, as users flash
+them), built with ``--repo`` (the fleet's root baked in) and reached only
+through QEMU user networking with ``restrict=on`` and one ``guestfwd`` rule to
+a loopback port: the guest can contact nothing else. Everything is observed the
+way a user would: the serial console and the server's database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fieldbox.ota import bundle
+from fieldbox.ota.install import LocalIndex
+from fieldbox_host.image.build import BuildOptions, BuildResult, build_image
+from fieldbox_host.netfault import CutProxy
+from fieldbox_host.qemu import GUESTFWD_ADDR, Machine
+from fieldbox_host.release.publish import release_image
+from ota_fleet import Fleet
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build"
+GUEST_URL = f"http://{GUESTFWD_ADDR}"
+OTA_TOML = """\
+# test fleet: check often, settle fast
+repository_url = ""
+interval_s = 10.0
+first_check_s = 1.0
+reboot = "now"
+timeout_s = 20.0
+health_timeout_s = 400.0
+health_stable_s = 5.0
+"""
+MONITOR_TOML = (
+    (ROOT / "rootfs-overlay/etc/fieldbox/monitor.toml")
+    .read_text()
+    .replace("flush_s = 60.0", "flush_s = 10.0")
+)
+
+
+def ready_line(machine: Machine, timeout: float = 300) -> tuple[str, str]:
+    """(slot, version) from the next "fieldbox ready" line."""
+    match = machine.wait_for(
+        r"fieldbox ready: .* slot (\w), version ([0-9.]+)|fieldbox degraded: [^\n]*", timeout
+    )
+    assert match.group(1), match.group(0)
+    return match.group(1), match.group(2)
+
+
+@dataclass
+class World:
+    """The fleet, its server behind a cutting proxy, and the image builds."""
+
+    fleet: Fleet
+    proxy: CutProxy
+    work: Path
+    overlay: Path
+
+    builds: dict[str, BuildResult] = field(default_factory=dict)
+
+    def build(self, version: str, overlay: Path | None = None) -> BuildResult:
+        result = build_image(
+            BuildOptions(
+                build_dir=BUILD,
+                output_dir=self.work / "images",
+                version=version,
+                repo=self.fleet.repo.directory,
+                update_url=f"{GUEST_URL}/repo/",
+                sync_url=GUEST_URL,
+                overlay=overlay or self.overlay,
+                compress=False,
+            )
+        )
+        assert result.image is not None
+        self.builds[version] = result
+        return result
+
+    def expected_download(self, new: BuildResult, running: BuildResult) -> tuple[int, int]:
+        """Bytes the device must fetch to go from ``running`` to ``new`` (manifest + chunks it does
+        not hold), computed with the device's own index code; and the largest compressed chunk."""
+        assert new.image is not None and running.image is not None
+        bundle_file = next(self.fleet.repo.targets_dir.rglob(f"*.fieldbox-{new.version}.fbb"))
+        slot = self.work / "running-slot.img"
+        part = next(p for p in running.partitions if p.name == "rootA")
+        with open(running.image, "rb") as src, open(slot, "wb") as dst:
+            src.seek(part.start_bytes)
+            dst.write(src.read(part.size_bytes))
+        with open(bundle_file, "rb") as fh:
+            manifest = bundle.read_manifest(fh)
+        index = LocalIndex(slot, manifest.block_size)
+        try:
+            located = index.locate(manifest)
+            need = manifest.manifest_length
+            for c in manifest.chunks():
+                blocks = c.length // manifest.block_size
+                if not c.zero and (
+                    (located[c.index, :blocks] == LocalIndex.MISSING).any()
+                    or index.assemble(c, located[c.index]) is None
+                ):
+                    need += c.compressed_length
+        finally:
+            index.close()
+            slot.unlink()
+        return need, max(c.compressed_length for c in manifest.chunks())
+
+    def publish(self, result: BuildResult, **kw: str) -> int:
+        assert result.image is not None
+        published = release_image(result.image, self.fleet.repo, self.fleet.signers(), **kw)
+        print(f"\npublished {published.path}: {published.length / 2**20:.1f} MiB", file=sys.stderr)
+        return published.length
+
+    def server_events(self, kind: str) -> list[dict[str, object]]:
+        """Events of ``kind`` the server received (they travel in the telemetry records)."""
+        out = []
+        for *_, topic, _prio, payload in self.fleet.db.records():
+            if topic != "telemetry":
+                continue
+            for _ts, k, detail in json.loads(payload).get("events", []):
+                if k == kind:
+                    out.append(detail)
+        return out
+
+
+@pytest.fixture(scope="module")
+def world(fieldbox_image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("ota")
+    fleet = Fleet(work / "fleet")
+    proxy = CutProxy(int(fleet.server.server_address[1]), [])
+    overlay = work / "overlay"
+    (overlay / "etc/fieldbox").mkdir(parents=True)
+    (overlay / "etc/fieldbox/ota.toml").write_text(OTA_TOML)
+    (overlay / "etc/fieldbox/monitor.toml").write_text(MONITOR_TOML)
+    try:
+        yield World(fleet, proxy, work, overlay)
+    finally:
+        proxy.close()
+        fleet.close()
+
+
+@pytest.fixture(scope="module")
+def device(world: World) -> Iterator[Machine]:
+    v1 = world.build("0.1.0")
+    assert v1.image is not None
+    machine = Machine(v1.image, world.work / "vm", debug_shell=False, guestfwd_port=world.proxy.port)
+    try:
+        yield machine
+    finally:
+        machine.kill()
+        print(f"console log: {machine.console_log}", file=sys.stderr)
+
+
+def test_app_update_resumes_cut_downloads_commits_and_survives_a_power_cycle(
+    world: World, device: Machine
+) -> None:
+    device.start()
+    assert ready_line(device) == ("A", "0.1.0")
+    v2 = world.build("0.2.0")
+    world.proxy.hold()  # the device sees v2 only once the cuts are armed
+    try:
+        world.publish(v2, compatible_from="0.1.0", min_version="0.1.0")
+        needed, biggest = world.expected_download(v2, running=world.builds["0.1.0"])
+        cuts = world.proxy.cut_count
+        world.proxy.cut_after([step * needed // 5 for step in range(1, 5)])
+    finally:
+        world.proxy.release()
+    device.wait_for(r"fieldbox ota: installing 0\.2\.0 into slot B", 300)
+    installed = device.wait_for(
+        r"fieldbox ota: installed 0\.2\.0 in slot B in \d+ s \(([0-9.]+) of ([0-9.]+) MiB downloaded, "
+        r"(\d+) bytes",
+        900,
+    )
+    downloaded, whole = int(installed.group(3)), float(installed.group(2))
+    print(
+        f"\nv2: downloaded {downloaded} bytes, {needed} needed, 4 cuts, chunks up to {biggest}",
+        file=sys.stderr,
+    )
+    assert world.proxy.cut_count - cuts == 4, "the download was cut four times"
+    assert needed <= downloaded <= needed + 4 * biggest, "each cut may cost at most the chunk in flight"
+    assert downloaded < 0.1 * whole * 2**20, "an app-only change must come mostly from the running slot"
+    assert not world.server_events("ota.committed"), "success is reported only after the commit"
+    device.wait_for(r"fieldbox ota: trial boot of 0\.2\.0 in slot B", 300)
+    device.wait_for(r"fieldbox ota: committed 0\.2\.0 in slot B", 600)
+    # power cut, power on: the committed slot boots, not on trial
+    device.kill()
+    device.start()
+    assert ready_line(device) == ("B", "0.2.0")
+    assert "trial boot" not in device.console_text()
+    events = _wait(lambda: world.server_events("ota.committed"), 240)
+    assert events[0]["version"] == "0.2.0"
+
+
+def test_a_failing_self_test_rolls_back_by_itself_and_says_why(world: World, device: Machine) -> None:
+    broken = world.work / "overlay-v3"
+    shutil.copytree(world.overlay, broken)
+    manifest = (ROOT / "rootfs-overlay/etc/fieldbox/agents/digits-classifier.toml").read_text()
+    assert 'expect_label = "3"' in manifest
+    (broken / "etc/fieldbox/agents").mkdir(parents=True)
+    (broken / "etc/fieldbox/agents/digits-classifier.toml").write_text(
+        manifest.replace('expect_label = "3"', 'expect_label = "8"')
+    )
+    world.publish(world.build("0.3.0", overlay=broken))
+    device.wait_for(r"fieldbox ota: installed 0\.3\.0 in slot A", 900)
+    device.wait_for(r"fieldbox ota: trial boot of 0\.3\.0 in slot A", 300)
+    why = device.wait_for(r"fieldbox ota: rolled back 0\.3\.0: ([^\n]*)", 600).group(1)
+    assert "self-test failed" in why and "expected '8'" in why, why
+    assert ready_line(device) == ("B", "0.2.0")
+    events = _wait(lambda: world.server_events("ota.rolled_back"), 240)
+    assert "expected '8'" in str(events[0]["reason"])
+    # it does not try 0.3.0 again: the next checks (every 10 s) leave the device on 0.2.0
+    mark = len(device.console_text())
+    time.sleep(30)
+    assert not re.search(r"installing 0\.3\.0", device.console_text()[mark:])
+
+
+def _wait(probe: object, timeout: float) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()  # type: ignore[operator]
+        if found or time.monotonic() > deadline:
+            assert found, f"nothing on the server after {timeout:.0f} s"
+            return list(found)
+        time.sleep(3)
+
+
+POWER_CUTS = [
+    # (console line of the phase, seconds after it, seconds to wait for it): ten power cuts across the
+    # whole update. The install lines are progress, so a cut lands in the phase it names whatever the
+    # emulator's speed; a phase already passed (the device was quicker) is cut when the wait ends.
+    (r"installing 0\.4\.0 into slot", 2, 300),  # TUF check done, indexing the running slot
+    (r"slot \w: \d+ % written", 0, 300),  # writing the slot (the first progress line of this run)
+    (r"slot \w: [4-9]\d % written", 0, 300),  # writing, resumed from the saved chunk
+    (r"slot \w written, reading it back", 1, 300),  # reading the slot back
+    (r"rebooting: into 0\.4\.0", 1, 300),  # trial set, shutting down
+    (r"trial boot of 0\.4\.0", 0, 120),  # trial boot 1: the health check starts
+    (r"trial boot of 0\.4\.0", 2, 120),  # trial boot 2: the health check under way
+    (r"committed 0\.4\.0", 0, 120),  # the moment after the commit
+    (r"fieldbox ready", 3, 120),  # an ordinary boot of the committed slot
+    (r"fieldbox ready", 0, 120),
+]
+
+
+def test_power_cuts_across_the_whole_update_end_committed_or_intact(world: World, device: Machine) -> None:
+    """Ten power cuts from download to commit: every boot reaches a working slot (v2 or v4, never a
+    degraded one), and once power stays on the device ends on v4 committed or on v2 intact."""
+    overlay = world.work / "overlay-v4"
+    shutil.copytree(world.overlay, overlay)
+    (overlay / "etc/fieldbox/v4-note.txt").write_text("fieldbox 0.4.0\n")
+    v4 = world.build("0.4.0", overlay=overlay)
+    log_mark = len(device.console_log.read_text(errors="replace"))
+    world.publish(v4)
+    phases = []
+    for pattern, delay, wait in POWER_CUTS:
+        if device.alive():  # the first cut: the device is up and about to find v4
+            mark = len(device.console_text())
+        else:
+            device.start()  # the console buffer starts again with this boot
+            mark = 0
+            slot, version = ready_line(device, 400)
+            assert version in ("0.2.0", "0.4.0"), f"booted {version} in slot {slot}"
+        found = _wait_text(device, mark, pattern, wait)
+        time.sleep(delay)
+        device.kill()
+        phases.append(f"{pattern} +{delay}s: {'cut' if found else 'phase not reached, cut anyway'}")
+    print("\n" + "\n".join(phases), file=sys.stderr)
+    # power stays on: the update finishes one way or the other (committed, or rolled back)
+    device.start()
+    deadline = time.monotonic() + 1200
+    outcome = None
+    while outcome is None and time.monotonic() < deadline:
+        history = device.console_log.read_text(errors="replace")[log_mark:]
+        found = re.findall(r"fieldbox ota: (committed|rolled back) 0\.4\.0", history)
+        outcome = found[-1] if found else None
+        time.sleep(2)
+    assert outcome is not None, "the update neither committed nor rolled back"
+    ready_line(device)
+    device.kill()
+    device.start()
+    slot, version = ready_line(device)
+    assert version == ("0.4.0" if outcome == "committed" else "0.2.0"), (outcome, version)
+    assert "trial boot" not in device.console_text(), "the final slot must be committed, not on trial"
+    print(f"\nafter the power cuts: {outcome}; slot {slot}, version {version}", file=sys.stderr)
+
+
+def _wait_text(machine: Machine, mark: int, pattern: str, timeout: float) -> str | None:
+    """The first match of ``pattern`` on the console after position ``mark``, waiting up to ``timeout``."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = regex.search(machine.console_text(), mark)
+        if found:
+            return found.group(0)
+        time.sleep(0.2)
+    return None
