@@ -98,52 +98,7 @@ def _py(machine: object, code: str, timeout: float = 1800) -> str:
     return out.strip().splitlines()[-1]
 
 
-UNWRAP = (
-    "import json, os, time; t = time.process_time(); {imp}; k = os.urandom(32); n = os.urandom(12); {op}; "
-    "cpu = time.process_time() - t; "
-    "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon:')][0]; "
-    "print(json.dumps({{'cpu': cpu, 'rss_kib': rss}}))"
-)
-UNWRAPS = {
-    "bare": ("pass", "pass"),
-    "aead": ("from fieldbox import aead", "aead.open_sealed(k, n, aead.seal(k, n, b'x' * 32, b''), b'')"),
-    "cryptography": (
-        "from cryptography.hazmat.primitives.ciphers.aead import AESGCM",
-        "g = AESGCM(k); g.decrypt(n, g.encrypt(n, b'x' * 32, b''), b'')",
-    ),
-}
-
-
-def _unwrap_rows(machine: object) -> list[Row]:
-    """The store key's AES-GCM unwrap in a fresh interpreter: our ctypes binding vs cryptography."""
-    got = {}
-    for name, (imp, op) in UNWRAPS.items():
-        runs = [json.loads(_py(machine, UNWRAP.format(imp=imp, op=op))) for _ in range(3)]
-        got[name] = (min(r["cpu"] for r in runs), min(r["rss_kib"] for r in runs) / 1024)
-    bare_cpu, bare_rss = got["bare"]
-    ours, theirs = got["aead"], got["cryptography"]
-    return [
-        Row(
-            SECTION,
-            "store key unwrap, added anonymous memory (fieldbox.aead, ctypes to libcrypto)",
-            ours[1] - bare_rss,
-            "MiB",
-            baseline=theirs[1] - bare_rss,
-            baseline_name="cryptography 50 AESGCM, same key and data",
-        ),
-        Row(
-            SECTION,
-            "store key unwrap, CPU time in a fresh interpreter under TCG (import + unwrap)",
-            ours[0] - bare_cpu,
-            "s",
-            baseline=theirs[0] - bare_cpu,
-            baseline_name="cryptography 50 AESGCM",
-        ),
-    ]
-
-
 def _measure(machine: object, publish: object) -> list[Row]:
-    unwrap = _unwrap_rows(machine)
     dd = float(
         _py(
             machine,
@@ -225,5 +180,4 @@ def _measure(machine: object, publish: object) -> list[Row]:
             target="≤ 120 MiB",
             met=idle <= 120,
         ),
-        *unwrap,
     ]

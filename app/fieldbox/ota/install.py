@@ -9,7 +9,7 @@ For every chunk of the manifest, in image order:
   such chunks, decompressed with a bound, sha256-checked, then written.
 
 Nothing of the bundle is kept on ``/data``: bytes go from the socket to the
-slot. Every :data:`SYNC_BYTES` of image the slot is synced and the position
+slot. Every :data:`SYNC_BYTES` (64 MiB) of image the slot is synced and the position
 saved (``progress.json``), so a power cut resumes at the first chunk not yet
 synced, and a dropped connection resumes with a Range request from the first
 chunk not yet written (at most one chunk's bytes are fetched twice). When the
@@ -41,7 +41,8 @@ from fieldbox.ota.state import Progress
 
 log = logging.getLogger("fieldbox.ota")
 
-SYNC_BYTES = 16 * 1024 * 1024
+SYNC_BYTES = 64 * 1024 * 1024
+WRITE_BYTES = 1024 * 1024
 READ_SIZE = 1024 * 1024
 BLKZEROOUT = 0x127F
 BLKGETSIZE64 = 0x80081272
@@ -107,6 +108,7 @@ class LocalIndex:
         order = np.argsort(h, kind="stable")
         self._hints = h[order]
         self._blocks = (np.frombuffer(blocks, dtype=np.uint32) if blocks else np.zeros(0, np.uint32))[order]
+        self._steps = np.arange(4096, dtype=np.int64)
         self.seconds = time.monotonic() - started
         log.info(
             "indexed %d blocks of the running slot (%d MiB) in %.1f s", len(h), self.size >> 20, self.seconds
@@ -136,18 +138,44 @@ class LocalIndex:
         return out
 
     def assemble(self, chunk: Chunk, offsets: Any) -> bytes | None:
-        """The chunk from local blocks at ``offsets`` (a row of :meth:`locate`), if its sha256 matches."""
+        """The chunk from local blocks at ``offsets`` (a row of :meth:`locate`), if its sha256 matches.
+
+        Blocks that lie one after the other on disk (an unchanged region: the usual case) are
+        read with one ``pread``."""
+        row = offsets.tolist()
+        blocks = chunk.length // self.block_size
+        zero = bytes(self.block_size)
         parts = []
-        for b in range(chunk.length // self.block_size):
-            offset = int(offsets[b])
-            if offset == self.ZERO:
-                parts.append(bytes(self.block_size))
-            elif offset == self.MISSING:
+        b = 0
+        while b < blocks:
+            start = row[b]
+            if start == self.MISSING:
                 return None
-            else:
-                parts.append(os.pread(self.fd, self.block_size, offset))
+            if start == self.ZERO:
+                parts.append(zero)
+                b += 1
+                continue
+            end = b + 1
+            while end < blocks and row[end] == start + (end - b) * self.block_size:
+                end += 1
+            parts.append(os.pread(self.fd, (end - b) * self.block_size, start))
+            b = end
         raw = b"".join(parts)
         return raw if bundle.chunk_matches(chunk, raw) else None
+
+    def extent(self, chunk: Chunk, offsets: Any) -> int | None:
+        """Where the running slot holds the whole chunk in one piece (its blocks one after the other),
+        or None."""
+        import numpy as np
+
+        first = int(offsets[0])
+        blocks = chunk.length // self.block_size
+        if first < 0:
+            return None
+        if blocks > len(self._steps):
+            self._steps = np.arange(blocks, dtype=np.int64)
+        expected = first + self.block_size * self._steps[:blocks]
+        return first if bool((offsets[:blocks] == expected).all()) else None
 
     def close(self) -> None:
         """Close the slot device."""
@@ -282,59 +310,100 @@ class Installer:
         report: InstallReport,
     ) -> None:
         located = index.locate(manifest) if index is not None else None
-        blocks_of = [
-            min(manifest.chunk_size, manifest.image_size - i * manifest.chunk_size) // manifest.block_size
-            for i in (0, manifest.count - 1)
-        ]
 
         def local(c: Chunk) -> bool:
-            if located is None:
-                return False
-            n = blocks_of[1] if c.index == manifest.count - 1 else blocks_of[0]
-            return bool((located[c.index, :n] != LocalIndex.MISSING).all())
+            """Every block of ``c`` has a hint match in the running slot (cheap: no disk read)."""
+            blocks = c.length // manifest.block_size
+            return located is not None and not (located[c.index, :blocks] == LocalIndex.MISSING).any()
 
         unsynced = 0
         i = start
         count = manifest.count
+        held: list[bytes] = []  # local chunks assembled, not yet written: one pwrite per MiB
+        held_at = 0
+
+        def flush() -> None:
+            if held:
+                os.pwrite(fd, b"".join(held), held_at)
+                held.clear()
+
         while i < count:
             chunk = manifest.chunk(i)
-            raw = None
-            if chunk.zero:
-                self._zero(fd, chunk)
-                report.chunks_zero += 1
-                done = [chunk]
-            elif (
-                local(chunk)
-                and index is not None
-                and located is not None
-                and (raw := index.assemble(chunk, located[i])) is not None
-            ):
-                os.pwrite(fd, raw, chunk.offset)
-                report.chunks_local += 1
-                done = [chunk]
+            ready: list[tuple[Chunk, bytes]] = []
+            if not chunk.zero and index is not None and located is not None and local(chunk):
+                ready = self._local_run(index, located, manifest, chunk, local)
+            if ready:
+                if not held:
+                    held_at = chunk.offset
+                held.extend(raw for _, raw in ready)
+                if len(held) * manifest.chunk_size >= WRITE_BYTES:
+                    flush()
+                report.chunks_local += len(ready)
+                done = [c for c, _ in ready]
             else:
-                run = [chunk]
+                flush()
+                run = [chunk]  # this chunk and the run after it of the same kind (zeros, or to fetch)
                 while i + len(run) < count:
                     nxt = manifest.chunk(i + len(run))
-                    if nxt.zero or local(nxt):
+                    if nxt.zero != chunk.zero or (not nxt.zero and local(nxt)):
                         break
                     run.append(nxt)
-                done = self._fetch_run(fd, cand, run, report)
+                if chunk.zero:
+                    self._zero(fd, chunk.offset, run[-1].offset + run[-1].length - chunk.offset)
+                    report.chunks_zero += len(run)
+                    done = run
+                else:
+                    done = self._fetch_run(fd, cand, run, report)
             for c in done:
                 unsynced += c.length
             i = done[-1].index + 1
             if unsynced >= SYNC_BYTES or i == count:
+                flush()
                 os.fdatasync(fd)
                 Progress(cand.sha256, self.slot, i).save(self.state_dir)
                 unsynced = 0
             if self.progress is not None:
                 self.progress(min(i * manifest.chunk_size, manifest.image_size), manifest.image_size)
 
-    def _zero(self, fd: int, chunk: Chunk) -> None:
+    @staticmethod
+    def _local_run(
+        index: LocalIndex, located: Any, manifest: Manifest, chunk: Chunk, local: Callable[[Chunk], bool]
+    ) -> list[tuple[Chunk, bytes]]:
+        """``chunk`` (and the local chunks after it that continue it on disk, up to 1 MiB: one
+        ``pread`` for all) from the running slot, each checked against its sha256; the verified
+        ones from the start, so an empty list means ``chunk`` itself must be fetched."""
+        start = index.extent(chunk, located[chunk.index])
+        if start is None:
+            raw = index.assemble(chunk, located[chunk.index])
+            return [(chunk, raw)] if raw is not None else []
+        run = [chunk]
+        while (len(run) + 1) * manifest.chunk_size <= WRITE_BYTES and chunk.index + len(run) < manifest.count:
+            nxt = manifest.chunk(chunk.index + len(run))
+            if (
+                nxt.zero
+                or not local(nxt)
+                or index.extent(nxt, located[nxt.index]) != start + nxt.offset - chunk.offset
+            ):
+                break
+            run.append(nxt)
+        data = os.pread(index.fd, run[-1].offset + run[-1].length - chunk.offset, start)
+        out = []
+        for c in run:
+            raw = data[c.offset - chunk.offset : c.offset - chunk.offset + c.length]
+            if not bundle.chunk_matches(c, raw):
+                break
+            out.append((c, raw))
+        return out
+
+    def _zero(self, fd: int, offset: int, length: int) -> None:
+        """Zeros over ``[offset, offset + length)``: one ``BLKZEROOUT`` (the device may just discard),
+        or written in 1 MiB pieces where that is not available (a file)."""
         try:
-            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", chunk.offset, chunk.length))
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
         except OSError:
-            os.pwrite(fd, bytes(chunk.length), chunk.offset)
+            zeros = bytes(min(length, WRITE_BYTES))
+            for at in range(offset, offset + length, len(zeros)):
+                os.pwrite(fd, zeros[: offset + length - at], at)
 
     def _fetch_run(self, fd: int, cand: Candidate, run: list[Chunk], report: InstallReport) -> list[Chunk]:
         """Fetch, verify and write a run of consecutive chunks (broken transfers resume in ``Http.fetch``;
