@@ -48,6 +48,7 @@ from typing import Any
 
 from fieldbox.errors import (
     BusyError,
+    ClockSkewError,
     ConfigError,
     FieldboxError,
     InputError,
@@ -74,6 +75,7 @@ ERROR_CODES: dict[str, type[FieldboxError]] = {
     "bad-frame": ProtocolError,
     "bad-request": ProtocolError,
     "busy": BusyError,
+    "clock-skew": ClockSkewError,
     "unavailable": ServiceUnavailableError,
     "input": InputError,
     "model": ModelError,
@@ -97,6 +99,7 @@ def error_code(exc: BaseException) -> str:
     """The reply error code for an exception raised by a handler (most specific first)."""
     for code, cls in (
         ("busy", BusyError),
+        ("clock-skew", ClockSkewError),
         ("unavailable", ServiceUnavailableError),
         ("bad-request", ProtocolError),
         ("input", InputError),

@@ -1,4 +1,9 @@
-"""The real sync program (``python -m fieldbox.services.sync``) killed with SIGKILL 50 times mid-send."""
+"""The real sync program (``python -m fieldbox.services.sync``) killed with SIGKILL 50 times mid-send.
+
+As on the device, it reaches the outbox through the real store writer
+(``python -m fieldbox.services.store``), which runs throughout; results keep
+arriving from another connection to the same database meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,14 @@ def test_kill_dash_nine_fifty_times_loses_and_duplicates_nothing(tmp_path: Path)
         "PYTHONUNBUFFERED": "1",
     }
     log = (tmp_path / "sync.log").open("wb")
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "fieldbox.services.store"], env=env, stdout=log, stderr=log
+    )
+    socket = tmp_path / "run" / "store" / "store.sock"
+    started = time.monotonic()
+    while not socket.exists() and writer.poll() is None and time.monotonic() - started < 60:
+        time.sleep(0.05)
+    assert socket.exists(), "the store writer did not start"
     with running_server(server_db) as server:
         # Every request is held 30 ms on the way in, so a send is always in flight somewhere.
         proxy = FaultProxy(server.server_address[1], p_reset=0.0, p_truncate=0.0, p_delay=1.0, delay_s=0.03)
@@ -83,6 +96,8 @@ def test_kill_dash_nine_fifty_times_loses_and_duplicates_nothing(tmp_path: Path)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+            writer.send_signal(signal.SIGTERM)
+            writer.wait(timeout=30)
             proxy.close()
         rows = server.db.records()
         devices = {d.device: d for d in server.db.devices()}

@@ -4,7 +4,8 @@ On the appliance (512 MiB, two emulated cores) every module a service imports
 costs RSS for as long as it runs and CPU at every boot, so a service must not
 pull in what only another one needs: numpy, PIL and the TFLite runtime belong
 to the runner; SQLCipher and the key-unwrapping code (:mod:`fieldbox.aead`) to
-the store writer and sync, which opens the same database; no service parses
+the store writer alone (sync reaches the outbox through the store writer's
+socket, so the process that talks to the network never loads the key); no service parses
 mail or speaks HTTP at start (``requests`` is imported by sync only when a
 server is set, see :func:`fieldbox.sync.client.make_session`).
 
@@ -31,7 +32,7 @@ NOWHERE = ("xmlrpc", "http.client", "email", "requests", "urllib3", "ssl", "cryp
 NOT_RUNNER = ("numpy", "PIL", "tflite_runtime", "ai_edge_litert")
 """The runner's alone."""
 NO_DATABASE = ("sqlcipher3", "fieldbox.store", "fieldbox.aead")
-"""Only the store writer and sync open the database."""
+"""Only the store writer opens the database."""
 
 KIND_MODULES = tuple(sorted({target.partition(":")[0] for target in KINDS.values()}))
 
@@ -54,8 +55,8 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     ),
     "sync": (
         ("fieldbox.services.sync",),
-        ("sqlcipher3", "fieldbox.sync.client"),
-        NOWHERE + NOT_RUNNER + ("uuid",),
+        ("fieldbox.sync.client", "fieldbox.sync.access", "fieldbox.ipc"),
+        NOWHERE + NOT_RUNNER + NO_DATABASE + ("uuid",),
     ),
     "monitor": (
         ("fieldbox.services.monitor",),

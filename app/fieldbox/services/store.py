@@ -1,4 +1,8 @@
-"""The ``store`` program: the only writer of the encrypted store, on ``$FIELDBOX_RUN/store.sock``.
+"""The ``store`` program: the only process that opens the encrypted store; on ``store/store.sock``.
+
+It runs as its own user (``fieldbox-store``), the only one that can read the key
+file; every other program (workflows, sync, monitor) asks it over its socket,
+the sync client included (:mod:`fieldbox.sync.access`).
 
 One thread owns the SQLCipher connection (a connection belongs to the thread
 that opened it). Connection threads put their requests on a queue and wait;
@@ -36,6 +40,7 @@ from fieldbox.monitor.telemetry import TelemetryBatch, write_batch
 from fieldbox.services import STORE_SOCKET, socket_path
 from fieldbox.services.common import EXIT_OK, run_service
 from fieldbox.store import ResultIn, Store, default_db_path
+from fieldbox.sync import access
 
 MAX_BATCH = 1000
 """Most results committed in one transaction."""
@@ -95,6 +100,7 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.batches = 0
         self.committed = 0
+        self._local: access.LocalAccess | None = None
 
     def start(self) -> None:
         """Open the store in the writer thread; raise its error if it cannot be opened."""
@@ -196,13 +202,25 @@ class StoreWriter:
             workflow = request.get("workflow", str, None)
             count = self._submit(_Other(lambda s: s.count_results(workflow), Future()))
             return ipc.Reply({"count": count})
+        if request.op in access.OPS:
+            reply: ipc.Reply = self._submit(
+                _Other(lambda s: access.handle(self._access(s), request.op, request), Future())
+            )
+            return reply
         if request.op == "ping":
             return ipc.Reply(
                 {"path": str(self.db_path), "batches": self.batches, "committed": self.committed}
             )
         raise ProtocolError(
-            f"store: unknown request {request.op!r}", "known: put, event, telemetry, count, ping"
+            f"store: unknown request {request.op!r}",
+            "known: put, event, telemetry, count, ping, " + ", ".join(sorted(access.OPS)),
         )
+
+    def _access(self, store: Store) -> access.LocalAccess:
+        """The sync client's operations on the writer's connection (writer thread only)."""
+        if self._local is None or self._local.store is not store:
+            self._local = access.LocalAccess(store)
+        return self._local
 
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:

@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
-from fieldbox.errors import BatchFormatError, ClockSkewError, SyncError
-from fieldbox.store import Store
+from fieldbox.errors import BatchFormatError, BusyError, ClockSkewError, ServiceUnavailableError, SyncError
 from fieldbox.sync import batch as wire
-from fieldbox.sync import configdoc, configstore, outbox
+from fieldbox.sync import configdoc, outbox
+from fieldbox.sync.access import LocalAccess, SyncAccess
 from fieldbox.sync.backoff import Backoff, parse_retry_after
 from fieldbox.sync.batch import Batch, Codec
 from fieldbox.sync.config import SyncConfig
 
 if TYPE_CHECKING:  # imported where a request is made: most devices idle with no server set
     import requests
+
+    from fieldbox.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,12 @@ def tls_arguments(config: SyncConfig) -> tuple[str | bool, tuple[str, str] | Non
     tls = config.tls
     if (tls.client_cert is None) != (tls.client_key is None):
         raise SyncError("sync.toml: tls.client_cert and tls.client_key go together")
+    configured = any(p is not None for p in (tls.client_cert, tls.client_key, tls.server_ca))
+    if configured and config.server_url and not config.server_url.lower().startswith("https://"):
+        raise SyncError(
+            f"sync.toml: server_url {config.server_url!r} is not https:// but [tls] is configured",
+            hint="use the https:// URL of the server (the certificates would not be used over http)",
+        )
     for path in (tls.client_cert, tls.client_key, tls.server_ca):
         if path is not None and not path.is_file():
             raise SyncError(f"sync.toml: TLS file {path} does not exist", hint="provision the device first")
@@ -99,6 +108,23 @@ def tls_arguments(config: SyncConfig) -> tuple[str | bool, tuple[str, str] | Non
         cert = (str(tls.client_cert), str(tls.client_key))
     verify: str | bool = str(tls.server_ca) if tls.server_ca is not None else True
     return verify, cert
+
+
+MAX_RESPONSE_BYTES = 4 << 20
+"""Most bytes read from one answer (an acknowledgement or a config document is a few KiB):
+a server, or whoever answers in its place, cannot make the device buffer without bound."""
+
+
+def _read_limited(response: requests.Response, limit: int) -> bytes:
+    """The (decoded) body, at most ``limit`` bytes; RetryLater if the server sends more."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise RetryLater(f"answer longer than {limit} bytes: not read")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def make_session() -> requests.Session:
@@ -115,12 +141,22 @@ def make_session() -> requests.Session:
     return session
 
 
+def _is_store(obj: object) -> TypeGuard[Store]:
+    """An open Store? (Checked without importing SQLCipher into a process that has no use for it.)"""
+    module = sys.modules.get("fieldbox.store.store")
+    return module is not None and isinstance(obj, module.Store)
+
+
 class SyncClient:
-    """One device's sync loop over an open :class:`Store` (use from one thread)."""
+    """One device's sync loop (use from one thread).
+
+    ``store``: an open :class:`Store` (tools, tests), or a :class:`~fieldbox.sync.access.SyncAccess`
+    such as the store writer's socket (the device: this process never opens the database).
+    """
 
     def __init__(
         self,
-        store: Store,
+        store: Store | SyncAccess,
         config: SyncConfig,
         *,
         device_id: str | None = None,
@@ -128,7 +164,10 @@ class SyncClient:
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
     ) -> None:
-        self.store = store
+        if _is_store(store):
+            self.access: SyncAccess = LocalAccess(store)
+        else:
+            self.access = cast("SyncAccess", store)
         self.config = config
         self.device_id = device_id or config.resolved_device_id()
         self.codec = _codec(config.codec)
@@ -139,7 +178,6 @@ class SyncClient:
             config.backoff.base_s, config.backoff.cap_s, config.backoff.max_retry_after_s
         )
         self.stats = SyncStats()
-        self.hlc = configstore.load_clock(store, self.device_id)
         self._batch_limit = config.batch_max_records
         self._next_attempt = 0.0
         self._next_config = 0.0
@@ -161,7 +199,7 @@ class SyncClient:
 
     def enforce_bounds(self) -> outbox.EvictionReport:
         """Apply the eviction rule now; log what was dropped."""
-        report = outbox.enforce_bounds(self.store, self.config.outbox)
+        report = self.access.enforce_bounds(self.config.outbox)
         if report.total:
             self.stats.evicted += report.total
             log.warning(
@@ -186,8 +224,10 @@ class SyncClient:
                 timeout=self.config.timeout_s,
                 verify=self.verify,
                 cert=self.cert,
+                stream=True,
             )
-            body: bytes = response.content  # may raise on a truncated body
+            with response:
+                body = _read_limited(response, MAX_RESPONSE_BYTES)  # may raise on a truncated body
         except requests.RequestException as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from None
         status = int(response.status_code)
@@ -207,19 +247,17 @@ class SyncClient:
 
         Raises RetryLater when the attempt failed and should be retried later.
         """
-        rows = outbox.pending(self.store, self._batch_limit, self.config.batch_max_bytes)
+        rows = self.access.pending(self._batch_limit, self.config.batch_max_bytes)
         if not rows:
             return 0
         records = []
         for row in rows:
             try:
-                row.record.check()
-                records.append(row.record)
+                row.check()
+                records.append(row)
             except BatchFormatError as exc:
-                self.stats.rejected += outbox.drop_unsendable(
-                    self.store, [(row.record.id, row.record.priority, exc.message)]
-                )
-                log.error("dropped unsendable outbox record %r: %s", row.record.id, exc.message)
+                self.stats.rejected += self.access.drop_unsendable([(row.id, row.priority, exc.message)])
+                log.error("dropped unsendable outbox record %r: %s", row.id, exc.message)
         if not records:
             return 0
         # 64 random bits name the batch in logs (dedup is by record id); no uuid module needed
@@ -229,8 +267,8 @@ class SyncClient:
             answer = self._post("/v1/batches", data, wire.CONTENT_TYPE)
         except Refused as exc:
             if len(records) == 1:
-                self.stats.rejected += outbox.drop_unsendable(
-                    self.store, [(records[0].id, records[0].priority, str(exc))]
+                self.stats.rejected += self.access.drop_unsendable(
+                    [(records[0].id, records[0].priority, str(exc))]
                 )
                 log.error("server refused record %r, dropped it: %s", records[0].id, exc)
             else:
@@ -242,7 +280,7 @@ class SyncClient:
             ack = wire.decode_ack(answer, sent=[r.id for r in records])
         except BatchFormatError as exc:
             raise RetryLater(f"unreadable acknowledgement: {exc.message}") from None
-        deleted = outbox.delete(self.store, ack.accepted)
+        deleted = self.access.delete(ack.accepted)
         self.stats.batches_sent += 1
         self.stats.records_acked += deleted
         if self._batch_limit < self.config.batch_max_records:
@@ -253,14 +291,13 @@ class SyncClient:
 
     def sync_config(self) -> set[str]:
         """Push the local document, merge the server's answer; returns keys changed here."""
-        configstore.stamp_local_edits(self.store, self.hlc)
-        local = configstore.load_document(self.store)
+        local = self.access.config_outgoing(self.device_id)
         answer = self._post(
             f"/v1/devices/{self.device_id}/config", configdoc.encode(local), "application/json"
         )
         try:
             remote = configdoc.decode(answer, "the server's config document")
-            changed = configstore.apply_remote(self.store, self.hlc, remote)
+            changed = self.access.config_incoming(self.device_id, remote)
         except ClockSkewError:
             raise
         except SyncError as exc:
@@ -273,7 +310,19 @@ class SyncClient:
     # -- the loop ----------------------------------------------------------------------
 
     def step(self) -> float:
-        """Do one unit of work; return how long to sleep before the next (0 = go on at once)."""
+        """Do one unit of work; return how long to sleep before the next (0 = go on at once).
+
+        While the store writer cannot be reached (restarting, busy) the step waits
+        ``idle_s`` and tries again: nothing leaves the outbox without an acknowledgement.
+        """
+        try:
+            return self._step()
+        except (ServiceUnavailableError, BusyError) as exc:
+            self.stats.last_error = f"store writer: {exc}"
+            log.warning("store writer not reachable (%s); retrying in %.1f s", exc, self.config.idle_s)
+            return self.config.idle_s
+
+    def _step(self) -> float:
         now = self.monotonic()
         if now - self._last_bounds >= self.config.idle_s:
             self.enforce_bounds()
@@ -315,12 +364,12 @@ class SyncClient:
         while time.monotonic() < deadline:
             if stop is not None and stop.is_set():
                 return False
-            if outbox.totals(self.store)[0] == 0:
+            if self.access.totals()[0] == 0:
                 return True
             delay = self.step()
             if delay > 0:
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        return outbox.totals(self.store)[0] == 0
+        return self.access.totals()[0] == 0
 
 
 def describe(stats: SyncStats) -> dict[str, Any]:

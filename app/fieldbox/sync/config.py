@@ -113,7 +113,9 @@ class SyncConfig:
         return self.outbox.ttl_s.get(str(priority), 30 * DAY)
 
     def resolved_device_id(self) -> str:
-        """The configured id, else the provisioned one, else the host name."""
+        """The configured id, else the device's own (``$FIELDBOX_DATA/device_id``: on the device
+        ``fieldbox-init`` makes it at first boot from the board's serial number or 64 random
+        bits, so no two devices share one), else the host name (a developer's host)."""
         if self.device_id:
             return self.device_id
         path = data_dir() / "device_id"

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fieldbox.store import Store
 from fieldbox.sync import configdoc
 from fieldbox.sync.configdoc import Document, Entry
 from fieldbox.sync.hlc import Clock, Timestamp
+
+if TYPE_CHECKING:
+    from fieldbox.store import Store
 
 LOCAL_PREFIX = "local."
 """kv keys with this prefix stay on the device."""

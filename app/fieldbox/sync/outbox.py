@@ -24,10 +24,13 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fieldbox.store import Store
 from fieldbox.sync.batch import Record
 from fieldbox.sync.config import OutboxBounds
+
+if TYPE_CHECKING:
+    from fieldbox.store import Store
 
 _IN_CHUNK = 500
 
