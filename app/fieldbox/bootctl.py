@@ -154,7 +154,8 @@ def _transition(bootfs: Path, change: Callable[[SlotState], SlotState]) -> Chang
         # Rewrite an unchanged state only to restore a missing second valid copy.
         if same_state(before, wanted) and selection.current is not None:
             return Change(before, before, None)
-        index, after = bootenv.write_state(bootfs, selection, wanted)
+        with bootenv.writable(bootfs):
+            index, after = bootenv.write_state(bootfs, selection, wanted)
         return Change(before, after, index)
 
 

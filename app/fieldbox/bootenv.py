@@ -415,6 +415,55 @@ def locked(bootfs: Path) -> Iterator[None]:
         os.close(fd)
 
 
+MOUNTS = Path("/proc/self/mounts")
+
+
+def mounted_read_only(bootfs: Path, mounts: Path = MOUNTS) -> bool:
+    """Is ``bootfs`` a mount point mounted ``ro``? (False for a plain directory: tests, hosts.)"""
+    try:
+        target = str(bootfs.resolve())
+        lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    found = False
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1].replace("\\040", " ") == target:
+            found = "ro" in fields[3].split(",")  # the last mount on a point is the one in force
+    return found
+
+
+def _remount(bootfs: Path, mode: str) -> None:
+    import subprocess  # only on the device's rare state writes
+
+    proc = subprocess.run(["mount", "-o", f"remount,{mode}", str(bootfs)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise BootStateError(
+            f"cannot remount {bootfs} {mode}: {proc.stderr.strip() or f'exit {proc.returncode}'}",
+            "run as root; check the boot partition with fsck.vfat",
+        )
+
+
+@contextlib.contextmanager
+def writable(bootfs: Path, mounts: Path = MOUNTS) -> Iterator[None]:
+    """Make a read-only boot partition writable for the block's duration, then read-only again.
+
+    The boot partition is mounted read-only while the system runs (a power cut
+    cannot leave a half-written FAT behind from anything but a state write);
+    only a slot-state write opens it, under :func:`locked`, for as long as the
+    write and its fsync take.
+    """
+    if not mounted_read_only(bootfs, mounts):
+        yield
+        return
+    _remount(bootfs, "rw")
+    try:
+        yield
+    finally:
+        _remount(bootfs, "ro")
+
+
 def write_state(bootfs: Path, selection: Selection, new: SlotState) -> tuple[int, SlotState]:
     """Write ``new`` (generation = in force + 1) into the copy not in use.
 

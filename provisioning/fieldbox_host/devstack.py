@@ -10,7 +10,9 @@ and its ``conf.d/*.conf``, over host directories::
     FIELDBOX_MODELS  build/assets:build/models of this checkout
     FIELDBOX_PYTHON  this Python (the venv's), which has fieldbox installed
 
-Nothing about the programs differs from the device but those variables.
+and FIELDBOX_<PROGRAM>_USER all naming the user who runs it (on the device each
+program has its own account). Nothing about the programs differs from the device but
+those variables.
 ``stop`` shuts supervisord down (it stops the programs first); if that does
 not finish in time every process is killed, so a failing test never leaves
 services behind.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -36,6 +39,21 @@ from fieldbox.errors import ConfigError, ServiceUnavailableError
 
 PROGRAMS = ("store", "runner", "workflows")
 """The supervisord programs of conf.d, in start order."""
+
+SERVICE_USER_VARIABLES = (
+    "FIELDBOX_STORE_USER",
+    "FIELDBOX_RUNNER_USER",
+    "FIELDBOX_WORKFLOWS_USER",
+    "FIELDBOX_SYNC_USER",
+    "FIELDBOX_MONITOR_USER",
+)
+"""The user each program runs as (``user =`` in its conf.d file); the device's init sets them."""
+
+
+def service_users_env() -> dict[str, str]:
+    """Every program as the user running supervisord: on a host the stack needs no accounts of its own."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    return dict.fromkeys(SERVICE_USER_VARIABLES, me)
 
 
 def repo_root() -> Path:
@@ -104,6 +122,7 @@ class DevStack:
             FIELDBOX_PYTHON=sys.executable,
             PYTHONUNBUFFERED="1",
         )
+        env.update(service_users_env())
         env.update(self.extra_env)
         return env
 

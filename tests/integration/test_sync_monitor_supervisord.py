@@ -21,6 +21,8 @@ import pytest
 from supervisor.xmlrpc import SupervisorTransport
 from sync_support import open_store, put_results, running_server
 
+from fieldbox_host.devstack import service_users_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,7 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
             "FIELDBOX_ETC": str(etc),
             "FIELDBOX_RUN": str(run),
             "FIELDBOX_PYTHON": sys.executable,
+            **service_users_env(),
         }
         proc = subprocess.Popen([_supervisord(), "-c", str(conf)], env=env)
         try:

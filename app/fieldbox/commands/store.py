@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,9 +59,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.set_defaults(func=cmd_check)
 
 
+def become_owner(directory: Path) -> None:
+    """Run as the owner of ``directory`` when started as root and it is someone else's.
+
+    On the device the store belongs to ``fieldbox-store``: a root process that
+    opened it would leave root-owned ``-wal``/``-shm`` files behind after a crash,
+    which the store writer could then not open. This process is short-lived, so it
+    gives up root for good before it touches the database.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        st = directory.stat()
+    except OSError:
+        return
+    if st.st_uid != 0:
+        os.setgroups([])
+        os.setgid(st.st_gid)
+        os.setuid(st.st_uid)
+
+
 def _open(args: argparse.Namespace) -> Store:
     db: Path = args.db if args.db is not None else default_db_path()
     keys = FileKeyProvider(args.kek) if args.kek is not None else FileKeyProvider()
+    become_owner(db.parent)
     return Store.open(db, keys, create=False)
 
 

@@ -8,7 +8,7 @@
     fieldbox workflow status                  counters of every running workflow
 
 ``submit`` and ``status`` talk to the ``workflows`` service over
-``$FIELDBOX_RUN/workflows.sock``. ``submit`` exits 0 when the item's results
+``$FIELDBOX_RUN/workflows/workflows.sock``. ``submit`` exits 0 when the item's results
 are stored, 1 when the item failed (the reason is printed), and 75 (EX_TEMPFAIL)
 when the workflow is busy: nothing was taken, try again.
 """

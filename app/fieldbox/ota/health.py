@@ -6,7 +6,9 @@ Healthy means, all within ``health_timeout_s`` of the check starting:
    without a restart (a FATAL program fails at once);
 2. the store writer answers (the encrypted store opened with this slot's code);
 3. the runner loaded every shipped agent, and each agent's self-test (its
-   manifest's sample and expected result) passes.
+   manifest's sample and expected result) passes;
+4. init did not report the boot degraded (``$FIELDBOX_RUN/degraded``: e.g. a data
+   partition this slot could not mount); that is final too.
 
 Anything that is merely not up yet is retried until the deadline; a failed
 self-test, an agent that did not load, or a FATAL program is final. The
@@ -102,6 +104,14 @@ def _services() -> str | None:
     return None
 
 
+def _not_degraded() -> None:
+    try:
+        reason = (run_dir() / "degraded").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return
+    raise _Final(f"the boot is degraded: {reason or 'no reason given'}")
+
+
 def check(
     timeout_s: float,
     stable_s: float,
@@ -115,6 +125,7 @@ def check(
     last = "not checked yet"
     while True:
         try:
+            _not_degraded()
             problem = _programs(stable_s, seen)
             if problem is None:
                 problem = _services()

@@ -1,4 +1,4 @@
-"""The ``runner`` program: loads every agent, serves inference on ``$FIELDBOX_RUN/runner.sock``.
+"""The ``runner`` program: loads every agent, serves inference on ``$FIELDBOX_RUN/runner/runner.sock``.
 
 Every manifest in ``$FIELDBOX_ETC/agents`` is loaded (sha256-checked, warmed
 up). One that fails to load does not stop the others: requests for it are

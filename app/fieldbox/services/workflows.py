@@ -3,7 +3,7 @@
 For each workflow: an engine (bounded queue + workers, see
 :mod:`fieldbox.workflows.engine`) and its triggers (inbox watcher, interval
 ticker); socket submissions and status requests arrive on
-``$FIELDBOX_RUN/workflows.sock``. Steps go to the runner, results to the store
+``$FIELDBOX_RUN/workflows/workflows.sock``. Steps go to the runner, results to the store
 writer, each over its socket; either may be down or restarting (supervisord
 starts them in order, but does not wait), which only delays items: workers
 retry with capped backoff, and inbox files stay put meanwhile.

@@ -234,7 +234,7 @@ class FileKeyProvider:
         except OSError as exc:
             raise StoreError(
                 f"cannot read key-encryption key {self.path}: {exc.strerror}",
-                hint="run as root (the KEK is root-only)",
+                hint="run as root or as the store writer's user, fieldbox-store (the KEK is theirs alone)",
             ) from exc
         if len(kek) != KEK_BYTES:
             raise WrongKeyError(

@@ -128,7 +128,7 @@ class IntervalTrigger:
 
 @dataclass(frozen=True)
 class SocketTrigger:
-    """Items submitted over ``$FIELDBOX_RUN/workflows.sock`` (``fieldbox workflow submit``)."""
+    """Items submitted over ``$FIELDBOX_RUN/workflows/workflows.sock`` (``fieldbox workflow submit``)."""
 
     enabled: bool = doc_field("accept submissions for this workflow", default=True)
 

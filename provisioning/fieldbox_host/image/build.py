@@ -26,6 +26,7 @@ from typing import Any
 from fieldbox import __version__
 from fieldbox.store import migrations
 from fieldbox_host.image import (
+    accounts,
     boards,
     bootpart,
     debian,
@@ -181,6 +182,7 @@ def stage_root(opts: BuildOptions, source: Path, work: Path, timer: _Timer) -> S
         if opts.sync_url:
             rootfs.set_toml_key(root / "etc/fieldbox/sync.toml", "server_url", opts.sync_url)
         rootfs.redirect_writable(root)
+        accounts.install(root, accounts.load(source / "image/users.txt"), epoch)
         rootfs.write_identity(root, rootfs.RootOptions(opts.version, opts.debug_shell, opts.board, epoch))
         rootfs.place_kernel(root)
         initrd = initramfs.build(root, extra["busybox-static"], source / "image/initramfs/init")

@@ -3,8 +3,9 @@
 ``sfdisk`` writes the MBR into the image file; each filesystem is made in its
 own file (``mkfs.vfat -C`` + ``mcopy`` for p1, ``mke2fs -d`` for the roots)
 and copied in at its offset, skipping zero blocks so the image stays sparse.
-The data partition (p4) is left blank: the device creates its filesystem on
-first boot and grows it to the size of the card.
+The data partition (p4) is left blank but for :data:`~fieldbox_host.image.layout.BLANK_DATA_MARK`:
+the device creates its filesystem on first boot (only where it finds the mark) and
+grows it to the size of the card.
 """
 
 from __future__ import annotations
@@ -126,6 +127,10 @@ def assemble(image: Path, parts: list[layout.Partition], contents: dict[int, Pat
     for part in parts:
         if part.number in contents:
             copy_into(image, part, contents[part.number])
+        if part.number == layout.DATA_PARTITION:
+            with open(image, "r+b") as fh:
+                fh.seek(part.start_bytes)
+                fh.write(layout.BLANK_DATA_MARK)
 
 
 def read_table(image: Path, name: str) -> str:

@@ -59,6 +59,16 @@ FIRST_MIB = 4  # room for the MBR and alignment; the Pi's firmware does not care
 
 SLOTS = {"A": 2, "B": 3}
 """Root slot name -> partition number."""
+DATA_PARTITION = 4
+
+BLANK_DATA_MARK = b"FIELDBOX-BLANK-DATA-1\n"
+"""The first bytes of a data partition that has never held a filesystem (the build writes them).
+
+The device creates the data filesystem only where it reads this mark (``fieldbox-init``),
+never because a superblock could not be read: a damaged filesystem is checked and
+repaired, or the boot is reported degraded, but it is never formatted over. The mark
+stays until the new filesystem has mounted once, so a power cut during the first
+``mkfs`` is retried at the next boot."""
 
 
 def partitions(
