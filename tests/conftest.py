@@ -8,11 +8,11 @@ puts the models fieldbox builds itself.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from ci_rules import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - hooks
 from fieldbox_host import assets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,19 +37,3 @@ def assets_dir() -> Path:
 def models_dir() -> Path:
     """``build/models``: models built by ``make models`` (may not exist yet)."""
     return ROOT / "build" / "models"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under CI (``CI`` set, as `.ci/run` is run), a skipped test is a failure.
-
-    Tests skip only when a host tool is missing, and `make test` installs every
-    one of them first; so on CI a skip means the set-up is broken, and a
-    skipped test must never pass for a passed one.
-    """
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.longrepr = f"skipped under CI, which counts as a failure: {reason}"

@@ -212,7 +212,7 @@ def build(source: Path, cache_dir: Path, work_dir: Path) -> CachedDebian:
     ]
     cmd += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     cmd += [ins.suite, root, ins.mirror]
-    run(cmd, what="mmdebstrap", env={"INITRD": "No", "LC_ALL": "C.UTF-8"})
+    run(cmd, what="mmdebstrap", env={"INITRD": "No", "LC_ALL": "C.UTF-8"}, stream=True)
     trim(root, list(ins.module_patterns))
     tar, sums, pkgs = _paths(cache_dir, key)
     listing = run(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,13 +23,21 @@ def run(
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
     cwd: Path | None = None,
+    stream: bool = False,
 ) -> str:
-    """Run ``cmd``; return its stdout. On failure raise ``ImageError("<what> failed: ...")``."""
+    """Run ``cmd``; return its stdout. On failure raise ``ImageError("<what> failed: ...")``.
+
+    ``stream``: a long step (mmdebstrap: minutes) logs each line of the tool's output
+    (stdout and stderr together) as it comes, indented under the step's header, with
+    the seconds since the step began, instead of minutes of silence.
+    """
     args = [str(a) for a in cmd]
     log.debug("run: %s", " ".join(args))
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+    if stream:
+        return _run_streaming(args, what, full_env, cwd)
     try:
         proc = subprocess.run(
             args,
@@ -67,3 +77,28 @@ def source_dir() -> Path:
         "cannot find the fieldbox source tree (image/packages.txt, app/fieldbox)",
         "run the build from a checkout of the project (editable install)",
     )
+
+
+def _run_streaming(args: list[str], what: str, env: dict[str, str], cwd: Path | None) -> str:
+    started = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    out: list[str] = []
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", env=env,
+                                cwd=cwd)  # fmt: skip
+    except FileNotFoundError:
+        raise ImageError(f"{what} failed: {args[0]} is not installed", "run `make host-deps`") from None
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            out.append(line)
+            tail.append(line)
+            if line.strip():
+                log.info("   %5.0fs | %s", time.monotonic() - started, line[:200])
+    if proc.returncode != 0:
+        lines = [ln for ln in tail if ln.strip()]
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise ImageError(f"{what} failed: {last}")
+    return "\n".join(out) + ("\n" if out else "")
