@@ -365,6 +365,12 @@ class Machine:
             elif self.proc is None or self.proc.poll() is not None:
                 break
 
+    def write_console(self, data: bytes) -> None:
+        """Type ``data`` into the serial console (what someone holding the cable can do)."""
+        if self._serial is None:
+            raise QemuError("the machine is not running")
+        self._serial.write(data)  # type: ignore[attr-defined]
+
     def console_text(self) -> str:
         """Everything the serial console printed during this boot."""
         with self._cond:

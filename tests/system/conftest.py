@@ -7,7 +7,8 @@ unchanged, so a rerun costs about a minute. Machines run the real image under
 
 Fixtures other system tests (A/B rollback, power cuts) reuse:
 
-- ``fieldbox_image`` (session): the :class:`~fieldbox_host.image.build.BuildResult`.
+- ``fieldbox_image`` (session): the debug image's :class:`~fieldbox_host.image.build.BuildResult`.
+- ``release_image`` (session): the release image's (what users flash: no shell).
 - ``make_machine`` (function): ``make_machine(**kwargs) -> Machine`` (not started;
   killed at the end of the test). kwargs go to :class:`fieldbox_host.qemu.Machine`.
 - ``booted`` (function): a machine already at the "fieldbox ready" line.
@@ -15,6 +16,8 @@ Fixtures other system tests (A/B rollback, power cuts) reuse:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -42,14 +45,43 @@ def _ensure_models() -> None:
     (BUILD / "models/.stamp").touch()
 
 
+@contextlib.contextmanager
+def live_build_log(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The image build's progress on the terminal as it happens (not minutes of captured silence)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    logger = logging.getLogger("fieldbox.image")
+    level = logger.level
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        handler = logging.StreamHandler(sys.stderr)  # the terminal's, now that capture is off
+        handler.setFormatter(logging.Formatter("  build: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
-def fieldbox_image(assets_dir: Path) -> BuildResult:
+def fieldbox_image(assets_dir: Path, request: pytest.FixtureRequest) -> BuildResult:
     """The debug image (a root shell on hvc0 for the tests that need to look inside), built (or
     rebuilt from cache) once per test session."""
     _ensure_models()
-    result = build_image(BuildOptions(build_dir=BUILD, debug_shell=True))
+    with live_build_log(request):
+        result = build_image(BuildOptions(build_dir=BUILD, debug_shell=True))
     print("\n" + summary(result), file=sys.stderr)
     assert result.image is not None and result.image.is_file()
+    return result
+
+
+@pytest.fixture(scope="session")
+def release_image(assets_dir: Path, request: pytest.FixtureRequest) -> BuildResult:
+    """The release image, as ``make image`` makes it (no shell on any console), built once per session."""
+    _ensure_models()
+    with live_build_log(request):
+        result = build_image(BuildOptions(build_dir=BUILD))
+    assert result.image is not None and "debug" not in result.image.name
     return result
 
 
