@@ -11,6 +11,8 @@
 #   write: fb_gen + 1 into the copy NOT read, in place (fatwrite, same size).
 # Numbers are hexadecimal (setexpr/itest work in hex).
 # @FB_PARTUUID_A@, @FB_PARTUUID_B@, @FB_EXTRA_ARGS@ are filled in at build time.
+# The kernel learns its slot (fieldbox.slot=A|B) and whether this boot is a counted
+# trial (fieldbox.trial=1: the watchdog feeder then stops at its deadline).
 
 setenv fb_uuid_A @FB_PARTUUID_A@
 setenv fb_uuid_B @FB_PARTUUID_B@
@@ -90,7 +92,7 @@ fi
 if test -z "${kernel_comp_addr_r}"; then setexpr kernel_comp_addr_r ${ramdisk_addr_r} + 0x4000000; setenv kernel_comp_size 0x3000000; fi
 
 # Boot slot ${fb_try}: kernel and initramfs from that root's /boot.
-setenv fb_boot 'if test "${fb_try}" = B; then setenv fb_part 3; setenv fb_uuid ${fb_uuid_B}; else setenv fb_part 2; setenv fb_uuid ${fb_uuid_A}; fi; if load ${devtype} ${devnum}:${fb_part} ${ramdisk_addr_r} /boot/initrd.img; then setenv fb_rdsize ${filesize}; if load ${devtype} ${devnum}:${fb_part} ${kernel_addr_r} /boot/vmlinuz; then setenv bootargs "root=PARTUUID=${fb_uuid} ro rootwait fieldbox.slot=${fb_try} ${fb_console} @FB_EXTRA_ARGS@"; echo "fieldbox: bootargs ${bootargs}"; echo "fieldbox: booting slot ${fb_try} count ${fb_count}"; booti ${kernel_addr_r} ${ramdisk_addr_r}:${fb_rdsize} ${fb_fdt}; fi; fi; echo "fieldbox: slot ${fb_try} did not boot"'
+setenv fb_boot 'if test "${fb_try}" = B; then setenv fb_part 3; setenv fb_uuid ${fb_uuid_B}; else setenv fb_part 2; setenv fb_uuid ${fb_uuid_A}; fi; if load ${devtype} ${devnum}:${fb_part} ${ramdisk_addr_r} /boot/initrd.img; then setenv fb_rdsize ${filesize}; if load ${devtype} ${devnum}:${fb_part} ${kernel_addr_r} /boot/vmlinuz; then if test "${fb_try}" = "${fb_slot}"; then setenv fb_t ${fb_trial}; else setenv fb_t 0; fi; setenv bootargs "root=PARTUUID=${fb_uuid} ro rootwait fieldbox.slot=${fb_try} ${fb_console} @FB_EXTRA_ARGS@ fieldbox.trial=${fb_t}"; echo "fieldbox: bootargs ${bootargs}"; echo "fieldbox: booting slot ${fb_try} count ${fb_count}"; booti ${kernel_addr_r} ${ramdisk_addr_r}:${fb_rdsize} ${fb_fdt}; fi; fi; echo "fieldbox: slot ${fb_try} did not boot"'
 
 setenv fb_try ${fb_boot_slot}
 run fb_boot

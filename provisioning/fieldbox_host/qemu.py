@@ -198,6 +198,8 @@ def qemu_command(
         "-bios", str(UBOOT_BIN), "-display", "none", "-name", "fieldbox",
         "-drive", f"if=none,id=d0,format=qcow2,file={overlay}", "-device", "virtio-blk-device,drive=d0",
         "-device", "virtio-rng-device",
+        # a hardware watchdog (PCI, Linux's i6300esb driver); QEMU resets the board when it fires
+        "-device", "i6300esb",
     ]  # fmt: skip
     if env_flash is not None:
         cmd += ["-drive", f"if=pflash,unit=1,format=raw,file={env_flash}"]

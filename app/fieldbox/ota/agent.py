@@ -134,12 +134,27 @@ def _trial(cfg: OtaConfig, st: OtaState, bootfs: Path, booted: str, version: str
     verdict = health.check(cfg.health_timeout_s, cfg.health_stable_s, log.info)
     if verdict.ok:
         bootctl.mark_good(bootfs, booted)
+        _settle_watchdog()
         _committed(st, version, booted, verdict.reason)
         return "committed"
     bootctl.mark_bad(bootfs, booted)
     _rolled_back(st, version, f"health check failed in slot {booted}: {verdict.reason}")
     _reboot(f"back to slot {'A' if booted == 'B' else 'B'}")
     return "rolled back"
+
+
+TRIAL_SETTLED = "trial-settled"
+"""Created in $FIELDBOX_RUN once a trial boot is committed: fieldbox-watchdog then goes on
+feeding the watchdog past the trial's deadline (``trial_deadline_s``)."""
+
+
+def _settle_watchdog() -> None:
+    from fieldbox.paths import run_dir
+
+    try:
+        (run_dir() / TRIAL_SETTLED).write_text("committed\n", encoding="ascii")
+    except OSError as exc:
+        log.warning("cannot tell the watchdog feeder the trial is settled: %s", exc)
 
 
 def _committed(st: OtaState, version: str, slot: str, reason: str) -> None:

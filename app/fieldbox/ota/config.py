@@ -52,6 +52,13 @@ class OtaConfig:
         default=600.0,
         check=positive,
     )
+    trial_deadline_s: float = doc_field(
+        "a trial boot that is neither committed nor rolled back this long after boot stops feeding the "
+        "hardware watchdog: the board resets and U-Boot counts the trial (fieldbox-watchdog); keep it "
+        "above health_timeout_s plus the boot",
+        default=900.0,
+        check=positive,
+    )
     health_stable_s: float = doc_field(
         "every supervisord program must have been RUNNING this long without a restart",
         default=15.0,
