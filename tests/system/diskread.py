@@ -11,6 +11,13 @@ import subprocess
 from pathlib import Path
 
 
+def _table(raw: Path) -> list[dict[str, int]]:
+    """The partitions of a raw disk image, as ``sfdisk -J`` reads them (the one parser of the table here)."""
+    out = subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True).stdout
+    parts: list[dict[str, int]] = json.loads(out)["partitiontable"]["partitions"]
+    return parts
+
+
 def partition(overlay: Path, number: int, work: Path, replay: bool = True) -> Path:
     """Partition ``number`` of a QEMU overlay, as a file debugfs can read.
 
@@ -22,9 +29,7 @@ def partition(overlay: Path, number: int, work: Path, replay: bool = True) -> Pa
     raw = work / "disk.raw"
     if not raw.exists() or raw.stat().st_mtime < overlay.stat().st_mtime:
         subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(raw)], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True,
-                                      check=True).stdout)  # fmt: skip
-    part = table["partitiontable"]["partitions"][number - 1]
+    part = _table(raw)[number - 1]
     out = work / f"p{number}.img"
     subprocess.run(
         ["dd", f"if={raw}", f"of={out}", "bs=1M", f"skip={part['start'] * 512}",
@@ -60,11 +65,8 @@ def ls(fs: Path, path: str) -> list[str]:
 
 
 def partition_start(image: Path, number: int) -> int:
-    """Byte offset of partition ``number`` in a raw image's MBR (a device's growth keeps the starts)."""
-    with open(image, "rb") as fh:
-        mbr = fh.read(512)
-    entry = mbr[446 + 16 * (number - 1) : 446 + 16 * number]
-    return int.from_bytes(entry[8:12], "little") * 512
+    """Byte offset of partition ``number`` in a raw image (a device's growth keeps the starts)."""
+    return int(_table(image)[number - 1]["start"]) * 512
 
 
 def overwrite(overlay: Path, offset: int, length: int) -> None:
