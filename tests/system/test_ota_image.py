@@ -126,24 +126,21 @@ def test_a_failing_self_test_rolls_back_by_itself_and_says_why(world: World, dev
 
 
 POWER_CUTS = [
-    # (console line of the phase, seconds after it, seconds to wait for it): ten power cuts across the
-    # whole update. The install lines are progress, so a cut lands in the phase it names whatever the
-    # emulator's speed; a phase already passed (the device was quicker) is cut when the wait ends.
-    (r"installing 0\.4\.0 into slot", 2, 300),  # TUF check done, indexing the running slot
-    (r"slot \w: \d+ % written", 0, 300),  # writing the slot (the first progress line of this run)
-    (r"slot \w: [4-9]\d % written", 0, 300),  # writing, resumed from the saved chunk
+    # (console line of the phase, seconds after it, seconds to wait for it): five power cuts across the
+    # whole update, one per phase that writes something durable. The install lines are progress, so a
+    # cut lands in the phase it names whatever the emulator's speed; a phase already passed (the device
+    # was quicker) is cut when the wait ends. More cuts, at random moments, are the long series
+    # (test_ota_powercut_long.py, `make test-long`): each cut here costs a boot, ~50 s under TCG.
+    (r"slot \w: [1-9]\d % written", 0, 300),  # writing the slot (resumed from the saved chunk next time)
     (r"slot \w written, reading it back", 1, 300),  # reading the slot back
     (r"rebooting: into 0\.4\.0", 1, 300),  # trial set, shutting down
-    (r"trial boot of 0\.4\.0", 0, 120),  # trial boot 1: the health check starts
-    (r"trial boot of 0\.4\.0", 2, 120),  # trial boot 2: the health check under way
+    (r"trial boot of 0\.4\.0", 2, 120),  # the trial boot: the health check under way
     (r"committed 0\.4\.0", 0, 120),  # the moment after the commit
-    (r"fieldbox ready", 3, 120),  # an ordinary boot of the committed slot
-    (r"fieldbox ready", 0, 120),
 ]
 
 
 def test_power_cuts_across_the_whole_update_end_committed_or_intact(world: World, device: Machine) -> None:
-    """Ten power cuts from download to commit: every boot reaches a working slot (v2 or v4, never a
+    """Five power cuts from download to commit: every boot reaches a working slot (v2 or v4, never a
     degraded one), and once power stays on the device ends on v4 committed or on v2 intact."""
     overlay = world.work / "overlay-v4"
     shutil.copytree(world.overlay, overlay)

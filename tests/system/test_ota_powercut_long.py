@@ -1,7 +1,7 @@
 """The long power-cut series: many cuts at random moments while a release image updates itself.
 
 Not part of ``make test`` (marked ``long``; ``make test-long`` runs it): the CI
-series of ten targeted cuts is in test_ota_image.py. Here the power is cut at
+series of five targeted cuts is in test_ota_image.py. Here the power is cut at
 a random moment of each boot, seeded, ``FIELDBOX_LONG_CUTS`` times (default
 30); whenever a release commits, the next one is published, so the cuts keep
 landing in updates. After every cut the device must boot a working slot (one
