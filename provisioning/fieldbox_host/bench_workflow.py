@@ -5,11 +5,11 @@
   programs; :data:`ITEMS` distinct real photographs (crops/flips/resizes of
   ``build/assets``, JPEG and PNG, prepared before the clock starts) are
   dropped into the inbox (``x.tmp`` + rename), and the clock stops when the
-  last file reaches ``done/``, which happens only after its result was
-  committed (fsynced) to the encrypted store. That is everything a device
+  last file has left the inbox and ``processing/``, which happens only after
+  its result was committed (fsynced) to the encrypted store. That is everything a device
   does per item: inbox scan, settle time (0.5 s, paid once), durable claim,
   file read, IPC to the runner, decode + inference, IPC to the store writer,
-  encrypted commit, durable move to ``done/``. Also reported: the steady rate
+  encrypted commit, durable delete of the input (the image keeps no copy). Also reported: the steady rate
   (first to last result, leaving out the settle time and start-up).
 * **baseline**: the same agent and the same encrypted store in one process,
   no services: ``agent.run(data)`` then ``store.put_result(...)`` (one
@@ -46,14 +46,14 @@ def _inbox_run(items: list[tuple[str, bytes]]) -> tuple[float, float]:
     stack = DevStack(data=data, run=run)
     try:
         stack.start(timeout=90)
-        done = data / "done"
+        pending = (stack.inbox, data / "processing" / WORKFLOW)
         start = time.perf_counter()
         for name, blob in items:
             drop(stack.inbox, name, blob)
         first = None
         deadline = start + 600
         while True:
-            n = len(os.listdir(done)) if done.exists() else 0
+            n = len(items) - sum(len(os.listdir(d)) for d in pending if d.exists())
             now = time.perf_counter()
             if n and first is None:
                 first = now

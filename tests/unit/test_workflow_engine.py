@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from fieldbox import ipc
+from fieldbox.budget import DataBudget, InboxBudget
 from fieldbox.errors import BusyError, ConfigError, InputError
 from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET
 from fieldbox.services.runner import RunnerService
@@ -36,6 +37,8 @@ ASSETS = REPO / "build" / "assets"
 AGENTS = REPO / "rootfs-overlay" / "etc" / "fieldbox" / "agents"
 log = logging.getLogger("test")
 
+KEEP_DONE = DataBudget(inbox=InboxBudget(keep_done=True))
+"""Most tests here check where each input ended (done/ or failed/), so they keep the copies."""
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -66,8 +69,11 @@ def workflow(name: str = "faces", **overrides: Any) -> WorkflowSpec:
 class Stack:
     """Runner + store writer served on sockets in this process, and a workflows service."""
 
-    def __init__(self, data: Path, run: Path, agents_dir: Path = AGENTS) -> None:
+    def __init__(
+        self, data: Path, run: Path, agents_dir: Path = AGENTS, budget: DataBudget = KEEP_DONE
+    ) -> None:
         self.data, self.run = data, run
+        self.budget = budget
         self.runner = RunnerService.load(agents_dir, log)
         self.writer = StoreWriter(default_db_path())
         self.writer.start()
@@ -82,7 +88,7 @@ class Stack:
         self.runner_server.start()
 
     def start_workflows(self, *specs: WorkflowSpec) -> WorkflowsService:
-        self.service = WorkflowsService({s.name: s for s in specs}, self.data, self.stop)
+        self.service = WorkflowsService({s.name: s for s in specs}, self.data, self.stop, budget=self.budget)
         self.service.start()
         return self.service
 
@@ -145,7 +151,7 @@ def test_moves_never_overwrite(tmp_path: Path):
         (tmp_path / "inbox" / "a.jpg").write_bytes(content)
         claimed = inbox.claim(tmp_path / "inbox" / "a.jpg")
         assert claimed is not None
-        inbox.finish(claimed)
+        inbox.finish(claimed, keep=True)
     assert files(tmp_path / "done") == ["a.jpg", "a~1.jpg"]
     assert (tmp_path / "done" / "a~1.jpg").read_bytes() == b"second"
     # a name still being processed stays in the inbox
@@ -158,7 +164,31 @@ def test_moves_never_overwrite(tmp_path: Path):
     assert (tmp_path / "failed" / "b.jpg.reason").read_text() == "bad thing\n"
 
 
+def test_finish_deletes_the_input_unless_kept(tmp_path: Path):
+    inbox = Inbox(tmp_path, InboxTrigger(settle_seconds=0), "processing/x")
+    inbox.ensure_dirs()
+    (tmp_path / "inbox" / "a.jpg").write_bytes(b"plaintext photo")
+    claimed = inbox.claim(tmp_path / "inbox" / "a.jpg")
+    assert claimed is not None
+    inbox.finish(claimed)
+    assert files(tmp_path / "done") == [] and files(tmp_path / "processing" / "x") == []
+
+
 # ----------------------------------------------------------------------- the pipeline
+
+
+def test_processed_inputs_leave_no_plaintext_copy_by_default(tmp_path: Path, stack: Stack):
+    stack.budget = DataBudget()
+    stack.start_runner()
+    service = stack.start_workflows(workflow())
+    items = photos(4)
+    for name, data in items:
+        drop(stack.data / "inbox", name, data)
+    wait_for(lambda: service.status()["workflows"]["faces"]["done"] == len(items), what="all items done")
+    wait_for(lambda: files(stack.data / "processing" / "faces") == [], what="processing/ emptied")
+    assert files(stack.data / "inbox") == [] and files(stack.data / "done") == []
+    with stack.store() as store:
+        assert len(store.results("faces", limit=100)) == len(items)
 
 
 def test_inbox_items_stored_exactly_once_then_done(stack: Stack):

@@ -18,6 +18,9 @@ was committed but whose acknowledgement was lost (the store was killed) is
 retried by the client and answered "already stored": results are idempotent
 by key.
 
+Between requests the writer applies the store's half of the /data budget
+(:mod:`fieldbox.store.prune`) every ``prune_interval_s`` of ``budget.toml``.
+
 Requests: see :mod:`fieldbox.services.clients`.
 """
 
@@ -28,6 +31,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -35,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from fieldbox import ipc
+from fieldbox.budget import DataBudget, load_budget
 from fieldbox.errors import FieldboxError, ProtocolError, ServiceUnavailableError, StoreError
 from fieldbox.monitor.telemetry import TelemetryBatch, write_batch
 from fieldbox.services import STORE_SOCKET, socket_path
 from fieldbox.services.common import EXIT_OK, run_service
 from fieldbox.store import ResultIn, Store, default_db_path
+from fieldbox.store.prune import prune_synced
 from fieldbox.sync import access
 
 MAX_BATCH = 1000
@@ -93,8 +99,10 @@ class _Other:
 class StoreWriter:
     """The writer thread and its queue; :meth:`handle` is the socket handler."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, budget: DataBudget | None = None) -> None:
         self.db_path = db_path
+        self.budget = budget or DataBudget()
+        self.pruned = 0
         self._queue: queue.Queue[_Write | _Other | None] = queue.Queue(MAX_PENDING)
         self._opened: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -126,9 +134,16 @@ class StoreWriter:
             self._opened.set_exception(exc)
             return
         self._opened.set_result(None)
+        next_prune = time.monotonic()
         try:
             while True:
-                job = self._queue.get()
+                if time.monotonic() >= next_prune:
+                    self._prune(store)
+                    next_prune = time.monotonic() + self.budget.prune_interval_s
+                try:
+                    job = self._queue.get(timeout=max(0.0, next_prune - time.monotonic()))
+                except queue.Empty:
+                    continue
                 if job is None:
                     return
                 if isinstance(job, _Other):
@@ -176,6 +191,17 @@ class StoreWriter:
             write.future.set_result(flags[start : start + len(write.rows)])
             start += len(write.rows)
 
+    def _prune(self, store: Store) -> None:
+        """Prune synced results by the budget; a failure (a full disk, say) waits for the next pass."""
+        try:
+            report = prune_synced(store, self.budget.results)
+        except FieldboxError as exc:
+            log.warning("pruning synced results failed: %s", exc)
+            return
+        if report.total:
+            self.pruned += report.total
+            log.info("pruned %d synced result(s) by the /data budget: %s", report.total, report.pruned)
+
     @staticmethod
     def _do_other(store: Store, job: _Other) -> None:
         try:
@@ -209,7 +235,12 @@ class StoreWriter:
             return reply
         if request.op == "ping":
             return ipc.Reply(
-                {"path": str(self.db_path), "batches": self.batches, "committed": self.committed}
+                {
+                    "path": str(self.db_path),
+                    "batches": self.batches,
+                    "committed": self.committed,
+                    "pruned": self.pruned,
+                }
             )
         raise ProtocolError(
             f"store: unknown request {request.op!r}",
@@ -225,7 +256,7 @@ class StoreWriter:
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
     """Open the store, serve until stopped, commit what is queued, close."""
-    writer = StoreWriter(default_db_path())
+    writer = StoreWriter(default_db_path(), load_budget())
     try:
         writer.start()
     except FieldboxError:

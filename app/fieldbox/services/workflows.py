@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldbox import ipc, paths
+from fieldbox.budget import DataBudget, SpaceGuard, load_budget
 from fieldbox.errors import ConfigError, FieldboxError, InputError, ProtocolError
 from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET, WORKFLOWS_SOCKET, socket_path
 from fieldbox.services.clients import RunnerClient, StoreClient
@@ -34,6 +35,12 @@ from fieldbox.workflows.triggers import InboxWatcher, IntervalTicker, submit_and
 
 SUBMIT_TIMEOUT = 600.0
 """How long a socket submission waits for its outcome."""
+
+PAUSED_EVENT = "workflow.paused"
+RESUMED_EVENT = "workflow.resumed"
+PRUNED_EVENT = "workflow.pruned"
+
+log = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[^/\x00]{1,255}$")
 
@@ -49,8 +56,11 @@ class WorkflowsService:
         errors: dict[str, str] | None = None,
         runner_path: Path | None = None,
         store_path: Path | None = None,
+        budget: DataBudget | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.budget = budget or DataBudget()
+        self.space = SpaceGuard(data_dir, self.budget, on_change=self._space_changed)
         self.stop = stop
         self.errors = errors or {}
         self.runner_path = runner_path or socket_path(RUNNER_SOCKET)
@@ -61,6 +71,7 @@ class WorkflowsService:
                 runner_factory=lambda: RunnerClient(self.runner_path),
                 store_factory=lambda: StoreClient(self.store_path),
                 stop=stop,
+                space=self.space,
             )
             for name, spec in specs.items()
         }
@@ -71,11 +82,32 @@ class WorkflowsService:
         for engine in self.engines.values():
             engine.start()
             if engine.spec.trigger.inbox is not None:
-                self.triggers.append(InboxWatcher(engine, self.data_dir))
+                self.triggers.append(InboxWatcher(engine, self.data_dir, self.budget, self._pruned))
             if engine.spec.trigger.interval is not None:
                 self.triggers.append(IntervalTicker(engine, self.data_dir))
         for trigger in self.triggers:
             trigger.start()
+
+    def _event(self, kind: str, detail: dict[str, Any]) -> None:
+        """Record an event if the store takes it within a few seconds (a full disk may refuse it)."""
+        client = StoreClient(self.store_path, timeout=5.0)
+        try:
+            client.add_event(kind, detail)
+        except FieldboxError as exc:
+            log.warning("event %s not recorded: %s", kind, exc)
+        finally:
+            client.close()
+
+    def _space_changed(self, paused: bool, reason: str) -> None:
+        if paused:
+            log.warning("workflows paused: %s", reason)
+            self._event(PAUSED_EVENT, {"reason": reason})
+        else:
+            log.warning("workflows resumed: %s", reason)
+            self._event(RESUMED_EVENT, {"reason": reason})
+
+    def _pruned(self, directory: str, files: int, size: int) -> None:
+        self._event(PRUNED_EVENT, {"dir": directory, "files": files, "bytes": size})
 
     def join(self, timeout: float = 10.0) -> None:
         """After ``stop``: wait for triggers and workers to finish what they hold."""
@@ -144,7 +176,7 @@ def main_body(log: logging.Logger, stop: threading.Event) -> int:
     specs = load_workflows(paths.etc_dir() / "workflows", errors)
     for file, error in errors.items():
         log.error("workflow file %s NOT loaded: %s", file, error)
-    service = WorkflowsService(specs, paths.data_dir(), stop, errors)
+    service = WorkflowsService(specs, paths.data_dir(), stop, errors, budget=load_budget())
     service.start()
     server = ipc.Server(socket_path(WORKFLOWS_SOCKET), service.handle, name="workflows")
     server.start()

@@ -28,13 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
+from fieldbox.budget import disk_space
 from fieldbox.errors import BatchFormatError, BusyError, ClockSkewError, ServiceUnavailableError, SyncError
+from fieldbox.paths import data_dir
 from fieldbox.sync import batch as wire
 from fieldbox.sync import configdoc, outbox
 from fieldbox.sync.access import LocalAccess, SyncAccess
 from fieldbox.sync.backoff import Backoff, parse_retry_after
 from fieldbox.sync.batch import Batch, Codec
-from fieldbox.sync.config import SyncConfig
+from fieldbox.sync.config import OutboxBounds, SyncConfig
 
 if TYPE_CHECKING:  # imported where a request is made: most devices idle with no server set
     import requests
@@ -197,9 +199,17 @@ class SyncClient:
 
     # -- outbox bounds -----------------------------------------------------------------
 
+    def bounds(self) -> OutboxBounds:
+        """The outbox bounds, ``max_bytes`` capped by the data partition's size (:mod:`fieldbox.budget`)."""
+        try:
+            total = disk_space(data_dir()).total
+        except OSError:
+            return self.config.outbox
+        return self.config.outbox.for_disk(total)
+
     def enforce_bounds(self) -> outbox.EvictionReport:
         """Apply the eviction rule now; log what was dropped."""
-        report = self.access.enforce_bounds(self.config.outbox)
+        report = self.access.enforce_bounds(self.bounds())
         if report.total:
             self.stats.evicted += report.total
             log.warning(

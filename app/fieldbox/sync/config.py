@@ -7,6 +7,7 @@ drive.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Literal
 
 from fieldbox.errors import ConfigError
 from fieldbox.paths import data_dir, etc_dir
-from fieldbox.schema import doc_field, load, positive
+from fieldbox.schema import doc_field, load, positive, unit_interval
 
 DAY = 86400.0
 
@@ -63,6 +64,17 @@ class OutboxBounds:
         default_factory=_default_ttl,
         check=_ttl_keys,
     )
+    max_disk_fraction: float = doc_field(
+        "payload bytes kept at most as a share of the data partition (the lower of this and "
+        "max_bytes applies; the store holds each queued result about twice, see budget.toml)",
+        default=0.2,
+        check=unit_interval,
+    )
+
+    def for_disk(self, total_bytes: int) -> OutboxBounds:
+        """These bounds with ``max_bytes`` lowered to ``max_disk_fraction`` of a ``total_bytes`` partition."""
+        cap = max(1, int(self.max_disk_fraction * total_bytes))
+        return dataclasses.replace(self, max_bytes=min(self.max_bytes, cap))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ A worker takes an item and:
 3. commits one result per step to the store in ONE request (one
    transaction), keyed by :func:`~fieldbox.workflows.items.result_key`;
 4. writes the log line;
-5. reports the outcome to the trigger (inbox: move to ``done/``).
+5. reports the outcome to the trigger (inbox: delete the input, or keep it in ``done/``).
 
 Errors are sorted in two kinds. *Transient* ones (runner or store not
 running, restarting, busy, the store's disk full) are retried with capped
@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fieldbox.budget import SpaceGuard
 from fieldbox.errors import (
     BusyError,
     FieldboxError,
@@ -172,8 +173,10 @@ class WorkflowEngine:
         runner_factory: Callable[[], Runner],
         store_factory: Callable[[], StoreWriter],
         stop: threading.Event | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.spec = spec
+        self.space = space
         self.runner_factory = runner_factory
         self.store_factory = store_factory
         self.stop = stop or threading.Event()
@@ -190,25 +193,36 @@ class WorkflowEngine:
             "in_flight": 0,
             "busy_refusals": 0,
             "retries": 0,
+            "pruned_files": 0,
         }
         self.last_error = ""
         self.last_failure = ""
 
     # ------------------------------------------------------------ admission
+    def paused(self) -> str:
+        """Why the workflow takes no new items now (the /data reserve, :mod:`fieldbox.budget`), or ``""``."""
+        return self.space.paused() if self.space is not None else ""
+
     def admit(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take one place in the bounded queue (False if none came free in time).
 
         With ``block`` and no ``timeout`` this waits until a place is free or
-        the engine stops (then returns False).
+        the engine stops (then returns False). While :meth:`paused`, no place
+        is given: a blocking caller waits for the space to return.
         """
         if not block:
-            ok = self._slots.acquire(blocking=False)
-        elif timeout is not None:
-            ok = self._slots.acquire(timeout=timeout)
+            ok = not self.paused() and self._slots.acquire(blocking=False)
         else:
+            deadline = None if timeout is None else time.monotonic() + timeout
             ok = False
             while not self.stop.is_set():
-                if self._slots.acquire(timeout=0.2):
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                if self.paused():
+                    self.stop.wait(left)
+                    continue
+                if self._slots.acquire(timeout=left):
                     ok = True
                     break
         with self._lock:
@@ -228,6 +242,11 @@ class WorkflowEngine:
         with self._lock:
             self.counters["in_flight"] -= 1
         self._slots.release()
+
+    def note_pruned(self, files: int) -> None:
+        """Count files pruned from done/ or failed/ by the /data budget."""
+        with self._lock:
+            self.counters["pruned_files"] += files
 
     def note_failure(self, name: str, reason: str) -> None:
         """Count a failure that happened before an item existed (e.g. an interval source)."""
@@ -415,6 +434,7 @@ class WorkflowEngine:
         out["capacity"] = self.spec.queue.size
         out["last_error"] = self.last_error
         out["last_failure"] = self.last_failure
+        out["paused"] = self.paused()
         out["triggers"] = [
             name
             for name, trig in (

@@ -3,7 +3,9 @@
 Life of a file (moves to done/ and failed/ are durable renames: fsync of both
 directories; the claim is an atomic rename, see :meth:`Inbox.claim`)::
 
-    inbox/x.jpg --claim--> processing/<workflow>/x.jpg --results committed--> done/x.jpg
+    inbox/x.jpg --claim--> processing/<workflow>/x.jpg --results committed--> deleted
+                                                      |                        (done/x.jpg with
+                                                      |                         inbox.keep_done)
                                                       \\--unusable----------> failed/x.jpg
                                                                               failed/x.jpg.reason
 
@@ -26,6 +28,11 @@ Rules:
   that fails its checksum) goes to ``failed/`` with ``<name>.reason``: one
   line saying why. The reason file is written first, so a crash leaves the
   item retried, not unexplained.
+* **What is kept.** By default nothing: the results hold the input's name
+  and sha256, and a plaintext copy beside the encrypted store would defeat
+  it. ``inbox.keep_done`` in ``budget.toml`` keeps copies in ``done/``;
+  ``done/`` and ``failed/`` are pruned by :func:`prune_kept` under the
+  budget's size and age (:mod:`fieldbox.budget`).
 * **Name clashes.** A name already present in ``done/`` or ``failed/`` gets a
   ``~N`` suffix; a name already being processed stays in ``inbox/`` until the
   first one is finished.
@@ -33,6 +40,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import logging
@@ -41,7 +49,7 @@ import stat
 import time
 from pathlib import Path
 
-from fieldbox.durable import atomic_write, durable_rename
+from fieldbox.durable import atomic_write, durable_rename, fsync_dir
 from fieldbox.errors import ConfigError
 from fieldbox.workflows.spec import InboxTrigger
 
@@ -156,9 +164,14 @@ class Inbox:
         found.sort()
         return [path for _, _, path in found]
 
-    def finish(self, path: Path) -> Path:
-        """Move a processed file to done/ (after its results were committed)."""
+    def finish(self, path: Path, keep: bool = False) -> Path | None:
+        """After its results were committed: delete a processed file, or move it to done/ with ``keep``."""
+        if not keep:
+            path.unlink()
+            fsync_dir(path.parent)
+            return None
         target = _free_name(self.done, path.name)
+        os.utime(path)  # done/ ages from when it was processed, not from when the camera wrote it
         durable_rename(path, target)
         return target
 
@@ -179,3 +192,49 @@ def _free_name(directory: Path, name: str) -> Path:
         stem, dot, suffix = name.partition(".")
         target = directory / (f"{stem}~{n}{dot}{suffix}")
     return target
+
+
+def prune_kept(
+    directory: Path, max_bytes: int, max_age_s: float, now: float | None = None
+) -> tuple[int, int]:
+    """Delete the oldest files of ``directory`` until it is under both limits; (files, bytes) deleted.
+
+    A ``<name>.reason`` goes with its file and counts towards the bytes. Only
+    regular files are touched; one fsync of the directory makes the deletes
+    durable.
+    """
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0, 0
+    files_: dict[str, tuple[float, int]] = {}
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files_[entry.name] = (st.st_mtime, st.st_size)
+    groups: list[tuple[float, str, list[str], int]] = []
+    for name in files_:
+        if name.endswith(".reason") and name[: -len(".reason")] in files_:
+            continue  # goes with its file
+        names = [name] + ([name + ".reason"] if name + ".reason" in files_ else [])
+        newest = max(files_[n][0] for n in names)  # the reason file says when it failed
+        groups.append((newest, name, names, sum(files_[n][1] for n in names)))
+    groups.sort()
+    total = sum(g[3] for g in groups)
+    files = freed = 0
+    for mtime, _, names, size in groups:
+        if total <= max_bytes and now - mtime <= max_age_s:
+            break
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+        total -= size
+        freed += size
+        files += 1
+    if files:
+        fsync_dir(directory)
+    return files, freed

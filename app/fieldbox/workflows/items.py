@@ -6,7 +6,7 @@ An item's results are keyed by *what* it is, not by when it arrived::
     result key = "<item key>#<step index>"          (one stored result per step)
 
 so processing the same file again (a retry after a crash between "committed to
-the store" and "moved to done/") finds its results already stored and adds
+the store" and "deleted or moved to done/") finds its results already stored and adds
 nothing: the store's ``put_results`` is idempotent by key. The same bytes
 under another name, or another content under the same name, are a new item.
 """

@@ -79,11 +79,15 @@ def _priority_ok(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class InboxTrigger:
-    """Files that land in a directory, each processed once, then moved to done/ or failed/."""
+    """Files that land in a directory, each processed once, then deleted (or kept in done/) or failed/."""
 
     dir: str = doc_field("directory watched for new files", default="inbox", check=_dir_ok)
     glob: str = doc_field("which file names to take (fnmatch pattern)", default="*", check=_glob_ok)
-    done: str = doc_field("where processed files go", default="done", check=_dir_ok)
+    done: str = doc_field(
+        "where processed files are kept, with budget.toml inbox.keep_done (else they are deleted)",
+        default="done",
+        check=_dir_ok,
+    )
     failed: str = doc_field(
         "where unusable files go, each with <name>.reason", default="failed", check=_dir_ok
     )

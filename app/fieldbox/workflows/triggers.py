@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fieldbox.budget import DataBudget
 from fieldbox.errors import BusyError, FieldboxError, InputError, ServiceUnavailableError
 from fieldbox.workflows.engine import Outcome, WorkflowEngine
-from fieldbox.workflows.inbox import Inbox, one_line
+from fieldbox.workflows.inbox import Inbox, one_line, prune_kept
 from fieldbox.workflows.items import Item
 from fieldbox.workflows.spec import IntervalTrigger
 
@@ -25,15 +27,52 @@ log = logging.getLogger(__name__)
 
 
 class InboxWatcher:
-    """Feeds an engine from its inbox directory (see :mod:`fieldbox.workflows.inbox`)."""
+    """Feeds an engine from its inbox directory (see :mod:`fieldbox.workflows.inbox`).
 
-    def __init__(self, engine: WorkflowEngine, data_dir: Path) -> None:
+    It also keeps ``done/`` and ``failed/`` within the /data budget
+    (:func:`~fieldbox.workflows.inbox.prune_kept`, every ``prune_interval_s``).
+    """
+
+    def __init__(
+        self,
+        engine: WorkflowEngine,
+        data_dir: Path,
+        budget: DataBudget | None = None,
+        on_pruned: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         trigger = engine.spec.trigger.inbox
         assert trigger is not None
         self.engine = engine
         self.inbox = Inbox(data_dir, trigger, engine.spec.processing_dir)
         self.poll = trigger.poll_seconds
+        self.budget = budget or DataBudget()
+        self.on_pruned = on_pruned
+        self._next_prune = 0.0
         self._thread: threading.Thread | None = None
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply the budget to done/ and failed/ now; files deleted."""
+        rules = self.budget.inbox
+        total = 0
+        for directory, max_bytes, max_age in (
+            (self.inbox.done, rules.done_max_bytes, rules.done_max_age_s),
+            (self.inbox.failed, rules.failed_max_bytes, rules.failed_max_age_s),
+        ):
+            try:
+                files, size = prune_kept(directory, max_bytes, max_age, now)
+            except OSError as exc:
+                log.warning("%s: cannot prune %s: %s", self.engine.spec.name, directory, exc)
+                continue
+            if files:
+                total += files
+                self.engine.note_pruned(files)
+                log.info(
+                    "%s: pruned %d file(s), %d bytes, from %s by the /data budget",
+                    self.engine.spec.name, files, size, directory,
+                )
+                if self.on_pruned is not None:
+                    self.on_pruned(str(directory), files, size)
+        return total
 
     def start(self) -> None:
         """Create the directories, then watch in a background thread."""
@@ -54,7 +93,7 @@ class InboxWatcher:
         if outcome is None:
             return
         if outcome.ok:
-            self.inbox.finish(item.path)
+            self.inbox.finish(item.path, keep=self.budget.inbox.keep_done)
         else:
             self.inbox.fail(item.path, outcome.reason)
 
@@ -77,6 +116,9 @@ class InboxWatcher:
                 return
             self._feed(path)
         while not stop.is_set():
+            if time.monotonic() >= self._next_prune:
+                self.prune()
+                self._next_prune = time.monotonic() + self.budget.prune_interval_s
             try:
                 ready = self.inbox.ready()
             except OSError as exc:
@@ -198,6 +240,9 @@ def submit_and_wait(engine: WorkflowEngine, name: str, data: bytes, timeout: flo
             "add [trigger.socket] to its file",
         )
     if not engine.admit(block=False):
+        paused = engine.paused()
+        if paused:
+            raise BusyError(f"workflow {engine.spec.name} is paused: {paused}", "free space on /data")
         raise BusyError(
             f"workflow {engine.spec.name} is busy ({engine.spec.queue.size} items in flight)",
             "retry shortly",
