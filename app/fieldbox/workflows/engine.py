@@ -372,9 +372,12 @@ class WorkflowEngine:
         sink = self.spec.sinks.log
         if sink is None:
             return
-        summary = json.dumps(results[-1], separators=(",", ":"), default=str)
-        if len(summary) > 300:
-            summary = summary[:297] + "..."
+        if sink.contents:
+            summary = json.dumps(results[-1], separators=(",", ":"), default=str)
+            if len(summary) > 300:
+                summary = summary[:297] + "..."
+        else:
+            summary = f"{len(results)} step result(s)"
         level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}[sink.level]
         note = " (already stored)" if duplicate else ""
         log.log(level, "%s: %s -> %s in %.1f ms%s", self.spec.name, item.name, summary, seconds * 1000, note)

@@ -169,9 +169,14 @@ class StoreSink:
 
 @dataclass(frozen=True)
 class LogSink:
-    """Write one line per item to the workflows log."""
+    """Write one line per item to the workflows log: its name, the steps stored and the time taken."""
 
     level: Literal["debug", "info", "warning"] = doc_field("log level of the line", default="info")
+    contents: bool = doc_field(
+        "also write the last step's result (up to 300 characters) into the line: plaintext outside "
+        "the encrypted store, so off unless you want results readable in the log",
+        default=False,
+    )
 
 
 @dataclass(frozen=True)
