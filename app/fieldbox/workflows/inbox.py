@@ -33,6 +33,9 @@ Rules:
   it. ``inbox.keep_done`` in ``budget.toml`` keeps copies in ``done/``;
   ``done/`` and ``failed/`` are pruned by :func:`prune_kept` under the
   budget's size and age (:mod:`fieldbox.budget`).
+* **Any name.** A name that is not UTF-8 (a camera's or a FAT card's
+  bytes) is processed like any other; the store, events and logs carry it
+  with ``\\xNN`` escapes for the bytes that are not (:func:`display_name`).
 * **Name clashes.** A name already present in ``done/`` or ``failed/`` gets a
   ``~N`` suffix; a name already being processed stays in ``inbox/`` until the
   first one is finished.
@@ -64,6 +67,16 @@ def is_candidate(name: str, pattern: str) -> bool:
     if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
         return False
     return fnmatch.fnmatchcase(name, pattern)
+
+
+def display_name(name: str) -> str:
+    """A file name as valid text for the store, events and logs.
+
+    Linux names are bytes; Python gives undecodable bytes back as lone
+    surrogates, which no UTF-8 writer accepts. Those bytes become ``\\xNN``
+    escapes (``b"caf\\xe9.jpg"`` -> ``"caf\\xe9.jpg"``); a UTF-8 name is unchanged.
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from fieldbox.budget import DataBudget
 from fieldbox.errors import BusyError, FieldboxError, InputError, ServiceUnavailableError
 from fieldbox.workflows.engine import Outcome, WorkflowEngine
-from fieldbox.workflows.inbox import Inbox, one_line, prune_kept
+from fieldbox.workflows.inbox import Inbox, display_name, one_line, prune_kept
 from fieldbox.workflows.items import Item
 from fieldbox.workflows.spec import IntervalTrigger
 
@@ -99,7 +99,8 @@ class InboxWatcher:
 
     def _feed(self, path: Path) -> None:
         self.engine.submit(
-            Item(workflow=self.engine.spec.name, name=path.name, origin="inbox", path=path), self._done
+            Item(workflow=self.engine.spec.name, name=display_name(path.name), origin="inbox", path=path),
+            self._done,
         )
 
     def _run(self) -> None:
@@ -125,8 +126,12 @@ class InboxWatcher:
                 log.error("%s: cannot scan %s: %s", engine.spec.name, self.inbox.inbox, exc)
                 ready = []
             for path in ready:
-                if not engine.admit():
-                    return
+                # Bounded wait: while the queue is full or intake is paused, the loop
+                # comes round again, so the budget's pruning still runs on a full card.
+                if not engine.admit(timeout=max(self.poll, 0.2)):
+                    if stop.is_set():
+                        return
+                    break
                 try:
                     claimed = self.inbox.claim(path)
                 except (OSError, FieldboxError) as exc:
