@@ -169,6 +169,34 @@ def dequantize(values: Array, detail: TensorDetail) -> Array:
     return values.astype(np.float32)
 
 
+_WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""Modes whose samples are wider than 8 bits; Pillow's ``convert`` clips these instead of scaling."""
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` as 8-bit ``mode`` ("RGB" or "L"), so any copy of a photo gives the model the same pixels.
+
+    Pillow converts palette, bilevel, grey, alpha and CMYK images faithfully;
+    it clips wide samples instead of scaling them, so a 16-bit scan would
+    arrive white. Those are scaled here: 16-bit integers by 1/257 (65535 ->
+    255); 32-bit integers the same when any value exceeds 255 (else they are
+    8-bit values already); floats from [0, 1] when none exceeds 1, else as
+    8-bit values, else as 16-bit ones. Transparency is dropped, as an RGB
+    copy of the photo would have it.
+    """
+    if image.mode in _WIDE:
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if image.mode == "F" and peak <= 1.0:
+            values = values * 255.0
+        elif image.mode.startswith("I;16") or peak > 255.0:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if image.mode != mode:
+        image = image.convert(mode)
+    return image
+
+
 def prepare_image(
     data: bytes, detail: TensorDetail, geometry: ImageGeometry, pre: ImagePreprocess
 ) -> tuple[Array, Placement]:
@@ -177,8 +205,7 @@ def prepare_image(
     mode = "L" if geometry.channels == 1 or pre.color == "gray" else "RGB"
     if geometry.channels == 3 and pre.color == "gray":
         raise ConfigError("preprocess.color is 'gray' but the model input has 3 channels")
-    if image.mode != mode:
-        image = image.convert(mode)
+    image = to_mode(image, mode)
     fitted, placement = fit(image, geometry, pre)
     return to_tensor(fitted, detail, geometry, pre), placement
 
