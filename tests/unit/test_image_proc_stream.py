@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from fieldbox_host.image import proc
 from fieldbox_host.image.errors import ImageError
 from fieldbox_host.image.proc import run
 
@@ -26,3 +27,14 @@ def test_a_streamed_failure_is_one_line_naming_the_tool_and_its_last_words() -> 
             stream=True)  # fmt: skip
     with pytest.raises(ImageError, match="is not installed"):
         run(["no-such-tool-here"], what="x", stream=True)
+
+
+def test_a_quiet_stretch_gets_still_running_lines(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proc, "HEARTBEAT_S", 0.2)
+    caplog.set_level(logging.INFO, logger="fieldbox.image")
+    out = run(["sh", "-c", "echo 'I: installing'; sleep 1; echo done"], what="t", stream=True)
+    assert out == "I: installing\ndone\n"
+    alive = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert alive and all(m.endswith("still running (I: installing)") for m in alive)

@@ -6,10 +6,13 @@ import collections
 import hashlib
 import logging
 import os
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from fieldbox_host.image.errors import ImageError
 
@@ -29,7 +32,8 @@ def run(
 
     ``stream``: a long step (mmdebstrap: minutes) logs each line of the tool's output
     (stdout and stderr together) as it comes, indented under the step's header, with
-    the seconds since the step began, instead of minutes of silence.
+    the seconds since the step began, and a "still running" line after
+    :data:`HEARTBEAT_S` without output, instead of minutes of silence.
     """
     args = [str(a) for a in cmd]
     log.debug("run: %s", " ".join(args))
@@ -79,6 +83,16 @@ def source_dir() -> Path:
     )
 
 
+HEARTBEAT_S = 20.0
+"""A streamed step that prints nothing for this long gets a "still running" line."""
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line.rstrip())
+    lines.put(None)
+
+
 def _run_streaming(args: list[str], what: str, env: dict[str, str], cwd: Path | None) -> str:
     started = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -90,15 +104,26 @@ def _run_streaming(args: list[str], what: str, env: dict[str, str], cwd: Path | 
     except FileNotFoundError:
         raise ImageError(f"{what} failed: {args[0]} is not installed", "run `make host-deps`") from None
     assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
     with proc:
-        for line in proc.stdout:
-            line = line.rstrip()
+        reader.start()
+        last = ""
+        while True:
+            try:
+                line = lines.get(timeout=HEARTBEAT_S)
+            except queue.Empty:  # a quiet stretch (dpkg under qemu-user): say it is alive
+                log.info("   %5.0fs | ... still running (%s)", time.monotonic() - started, last or what)
+                continue
+            if line is None:
+                break
             out.append(line)
             tail.append(line)
             if line.strip():
+                last = line.strip()[:80]
                 log.info("   %5.0fs | %s", time.monotonic() - started, line[:200])
+        reader.join()
     if proc.returncode != 0:
-        lines = [ln for ln in tail if ln.strip()]
-        last = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise ImageError(f"{what} failed: {last}")
+        said = [ln for ln in tail if ln.strip()]
+        raise ImageError(f"{what} failed: {said[-1] if said else f'exit code {proc.returncode}'}")
     return "\n".join(out) + ("\n" if out else "")
