@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fieldbox import ipc
 from fieldbox.budget import DataBudget, InboxBudget
@@ -27,7 +29,7 @@ from fieldbox.services.store import StoreWriter
 from fieldbox.services.workflows import WorkflowsService
 from fieldbox.store import Store, default_db_path
 from fieldbox.workflows.engine import FAILED_EVENT
-from fieldbox.workflows.inbox import Inbox, is_candidate
+from fieldbox.workflows.inbox import Inbox, display_name, is_candidate
 from fieldbox.workflows.items import result_keys
 from fieldbox.workflows.spec import InboxTrigger, WorkflowSpec, parse_workflow
 from fieldbox_host.photos import drop, variants
@@ -162,6 +164,12 @@ def test_moves_never_overwrite(tmp_path: Path):
     assert first is not None
     inbox.fail(first, "bad\nthing")
     assert (tmp_path / "failed" / "b.jpg.reason").read_text() == "bad thing\n"
+
+
+def test_names_that_are_not_utf8_become_escapes_and_utf8_stays() -> None:
+    assert display_name(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert display_name("café 東京.jpg") == "café 東京.jpg"
+    assert display_name(os.fsdecode(b"\xff\xfe")).encode("utf-8") == b"\\xff\\xfe"
 
 
 def test_finish_deletes_the_input_unless_kept(tmp_path: Path):
@@ -359,3 +367,61 @@ def test_interval_trigger_reads_its_source(stack: Stack):
     with stack.store() as store:
         rows = store.results("snap")
     assert len(rows) >= 3 and all(r.item.startswith("tick-") and r.priority == 7 for r in rows)
+
+
+@pytest.mark.parametrize("contents", [False, True])
+def test_the_log_sink_writes_results_only_when_told(
+    stack: Stack, caplog: pytest.LogCaptureFixture, contents: bool
+) -> None:
+    stack.start_runner()
+    sinks: dict[str, Any] = {"store": {"priority": 2}, "log": {"contents": contents}}
+    service = stack.start_workflows(workflow(sinks=sinks))
+    name, data = next(iter(photos(1, seed=7)))
+    with caplog.at_level(logging.INFO, logger="fieldbox.workflows.engine"):
+        drop(stack.data / "inbox", name, data)
+        wait_for(lambda: service.status()["workflows"]["faces"]["done"] == 1, what="the item done")
+    lines = [r.getMessage() for r in caplog.records if name in r.getMessage() and " -> " in r.getMessage()]
+    assert len(lines) == 1
+    assert ("detections" in lines[0]) is contents, lines[0]
+
+
+# ------------------------------------------------------------- anything a camera may write
+
+_NAME_BYTES = st.binary(min_size=1, max_size=255).filter(
+    lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b"..")
+)
+
+
+def _taken(raw: bytes) -> bool:
+    """Whether the inbox takes a file of this name at all (dotfiles and *.tmp etc. are writes in progress)."""
+    return is_candidate(os.fsdecode(raw), "*")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(_NAME_BYTES.filter(_taken), min_size=1, max_size=6, unique=True))
+def test_any_name_a_filesystem_holds_ends_with_a_result_or_a_reason(stack: Stack, names: list[bytes]) -> None:
+    if stack.service is None:
+        stack.start_runner()
+        stack.start_workflows(workflow())
+    assert stack.service is not None
+    inbox = stack.data / "inbox"
+    _, data = photos(1, seed=3)[0]
+    before = stack.service.status()["workflows"]["faces"]
+    for raw in names:
+        (inbox / os.fsdecode(raw)).write_bytes(data)  # surrogateescape: the name's bytes exactly
+    service = stack.service
+
+    def ended() -> int:
+        counters = service.status()["workflows"]["faces"]
+        return int(counters["done"] + counters["failed"])
+
+    wait_for(lambda: ended() == before["done"] + before["failed"] + len(names), what="every file ended")
+    wait_for(lambda: os.listdir(inbox) == [], what="the inbox empty")
+    for raw in names:
+        if (stack.data / "failed" / os.fsdecode(raw)).exists():
+            reason = (stack.data / "failed" / os.fsdecode(raw + b".reason")).read_bytes()
+            assert reason.count(b"\n") == 1 and len(reason) > 5
+    assert service.status()["workflows"]["faces"]["failed"] == before["failed"], "a good photo failed"
+    with stack.store() as store:
+        stored = {r.item for r in store.results("faces", limit=10_000)}
+    assert {display_name(os.fsdecode(raw)) for raw in names} <= stored
