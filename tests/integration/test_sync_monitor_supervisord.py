@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from supervisor.xmlrpc import SupervisorTransport
 from sync_support import open_store, put_results, running_server
 
@@ -55,6 +56,32 @@ def _running_pid(run: Path, name: str, deadline: float) -> int:
     raise AssertionError(f"{name} not RUNNING: {_processes(run).get(name)}")
 
 
+def _supervisord_conf(tmp_path: Path, data: Path, run: Path, *extra: Path) -> Path:
+    """supervisord running the image's store, sync and monitor programs (and ``extra`` files)."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        "[supervisord]\nnodaemon = true\n"
+        f"logfile = {data}/log/supervisord.log\npidfile = {run}/supervisord.pid\n"
+        f"[unix_http_server]\nfile = {run}/supervisor.sock\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
+        f"[include]\nfiles = {CONF_D}/store.conf {CONF_D}/sync.conf {CONF_D}/monitor.conf "
+        + " ".join(str(p) for p in extra) + "\n"
+    )
+    return conf
+
+
+def _env(data: Path, etc: Path, run: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FIELDBOX_DATA": str(data),
+        "FIELDBOX_ETC": str(etc),
+        "FIELDBOX_RUN": str(run),
+        "FIELDBOX_PYTHON": sys.executable,
+        **service_users_env(),
+    }
+
+
 def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
     data, etc, run = tmp_path / "data", tmp_path / "etc", tmp_path / "run"
     for d in (data / "log", etc, run):
@@ -71,29 +98,12 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
         f"command = {sys.executable} -c \"raise SystemExit(1)\"\n"
         "startsecs = 1\nstartretries = 1\nautorestart = true\n"
     )
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(
-        "[supervisord]\nnodaemon = true\n"
-        f"logfile = {data}/log/supervisord.log\npidfile = {run}/supervisord.pid\n"
-        f"[unix_http_server]\nfile = {run}/supervisor.sock\n"
-        "[rpcinterface:supervisor]\n"
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-        f"[include]\nfiles = {CONF_D}/store.conf {CONF_D}/sync.conf {CONF_D}/monitor.conf "
-        f"{tmp_path}/crash.conf\n"
-    )
+    conf = _supervisord_conf(tmp_path, data, run, tmp_path / "crash.conf")
     with running_server(tmp_path / "server.sqlite") as server:
         (etc / "sync.toml").write_text(
             f'server_url = "{server.url}"\ndevice_id = "dev-sv"\nidle_s = 0.2\n'
         )
-        env = {
-            **os.environ,
-            "FIELDBOX_DATA": str(data),
-            "FIELDBOX_ETC": str(etc),
-            "FIELDBOX_RUN": str(run),
-            "FIELDBOX_PYTHON": sys.executable,
-            **service_users_env(),
-        }
-        proc = subprocess.Popen([_supervisord(), "-c", str(conf)], env=env)
+        proc = subprocess.Popen([_supervisord(), "-c", str(conf)], env=_env(data, etc, run))
         try:
             deadline = time.monotonic() + 60
             monitor_pid = _running_pid(run, "monitor", deadline)
@@ -154,3 +164,61 @@ def test_programs_run_and_process_events_are_recorded(tmp_path: Path) -> None:
         assert crash.detail["expected"] is False and crash.detail["from_state"] == "RUNNING"
     finally:
         store.close()
+
+
+def _samples(data: Path) -> int:
+    store = open_store(data)
+    try:
+        return int(store.query("SELECT count(*) FROM telemetry WHERE metric = 'cpu.percent'")[0][0])
+    finally:
+        store.close()
+
+
+def _wait_log(path: Path, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path.name} never said {needle!r}; it ends:\n{path.read_text()[-2000:]}")
+
+
+def test_keys_set_on_the_server_change_what_the_running_device_does(tmp_path: Path) -> None:
+    data, etc, run = tmp_path / "data", tmp_path / "etc", tmp_path / "run"
+    for d in (data / "log", etc, run):
+        d.mkdir(parents=True)
+    open_store(data).close()
+    (etc / "monitor.toml").write_text("interval_s = 30.0\nflush_s = 1.0\n")
+    conf = _supervisord_conf(tmp_path, data, run)
+    with running_server(tmp_path / "server.sqlite") as server:
+        (etc / "sync.toml").write_text(
+            f'server_url = "{server.url}"\ndevice_id = "dev-cfg"\nidle_s = 0.2\nconfig_interval_s = 1.0\n'
+        )
+        proc = subprocess.Popen([_supervisord(), "-c", str(conf)], env=_env(data, etc, run))
+        try:
+            deadline = time.monotonic() + 60
+            _running_pid(run, "monitor", deadline)
+            _running_pid(run, "sync", deadline)
+            time.sleep(3)
+            before = _samples(data)
+            time.sleep(4)
+            slow = _samples(data) - before  # one sample per 30 s: at most one in 4 s
+            edit = {"set": {"monitor.interval_s": 1.0, "sync.idle_s": "fast"}, "delete": []}
+            r = requests.put(f"{server.url}/v1/devices/dev-cfg/config", json=edit, timeout=5)
+            assert r.status_code == 200, r.text
+            _wait_log(data / "log" / "monitor.log", "setting monitor.interval_s = 1 (was 30)", 30)
+            _wait_log(data / "log" / "sync.log", "sync.idle_s = 'fast': expected a number of seconds", 30)
+            time.sleep(1.5)  # past the flush in which the new interval was read
+            before = _samples(data)
+            time.sleep(5)
+            fast = _samples(data) - before  # one a second now
+            r = requests.put(f"{server.url}/v1/devices/dev-cfg/config",
+                             json={"set": {}, "delete": ["monitor.interval_s"]}, timeout=5)  # fmt: skip
+            assert r.status_code == 200, r.text
+            _wait_log(data / "log" / "monitor.log", "setting monitor.interval_s = 30 (was 1)", 30)
+            states = {name: p["statename"] for name, p in _processes(run).items()}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert slow <= 1 and fast >= 3, (slow, fast)
+    assert states == {"store": "RUNNING", "sync": "RUNNING", "monitor": "RUNNING"}, states

@@ -112,6 +112,12 @@ class StoreClient:
         fields: dict[str, Any] = {} if workflow is None else {"workflow": workflow}
         return int(self.ipc.call("count", **fields).header["count"])
 
+    def config_values(self, prefix: str) -> dict[str, Any]:
+        """Config-document values of the keys starting with ``prefix`` (:mod:`fieldbox.settings`)."""
+        from fieldbox.sync.access import config_values_reply
+
+        return config_values_reply(self.ipc.call("config.values", prefix=prefix).header)
+
     def ping(self) -> dict[str, Any]:
         """The store's path (and that the writer is up)."""
         return self.ipc.call("ping").header

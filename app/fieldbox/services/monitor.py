@@ -55,6 +55,7 @@ from fieldbox.monitor.sampler import Sample, Sampler
 from fieldbox.monitor.telemetry import TelemetryBuffer, TelemetrySink
 from fieldbox.services.clients import StoreClient
 from fieldbox.services.common import EXIT_OK, run_service
+from fieldbox.settings import LiveSettings
 
 STORE_TIMEOUT_S = 15.0
 """How long one telemetry flush waits for the store writer."""
@@ -101,18 +102,37 @@ def sample_until_stopped(
     config: MonitorConfig,
     stop: threading.Event,
     log: logging.Logger,
+    config_values: Callable[[str], dict[str, Any]] | None = None,
 ) -> None:
     """Sample every ``interval_s``, flush every ``flush_s``, flush once more when stopped.
 
     A failing sample or flush is logged and the loop goes on (the buffer is
-    bounded); nothing here can stop the listener.
+    bounded); nothing here can stop the listener. With ``config_values`` (the
+    store writer's ``config.values``) the document's ``monitor.*`` keys
+    (:mod:`fieldbox.settings`) are read at start and after each flush.
     """
-    next_flush = time.monotonic() + config.flush_s
-    while not stop.is_set():
+    live = LiveSettings("monitor", config)
+
+    def refresh() -> MonitorConfig:
+        if config_values is None:
+            return config
         try:
-            buffer.add(time.time(), sample())
-        except Exception:
-            log.exception("sample failed")
+            updated: MonitorConfig = live.apply(config_values("monitor."))
+        except FieldboxError as exc:
+            log.warning("cannot read the config document's monitor keys: %s", exc)
+            return config
+        return updated
+
+    config = refresh()
+    next_sample = time.monotonic()
+    next_flush = next_sample + config.flush_s
+    while not stop.is_set():
+        if time.monotonic() >= next_sample:
+            try:
+                buffer.add(time.time(), sample())
+            except Exception:
+                log.exception("sample failed")
+            next_sample = time.monotonic() + config.interval_s
         if time.monotonic() >= next_flush:
             try:
                 buffer.flush()
@@ -120,8 +140,10 @@ def sample_until_stopped(
                 log.error("cannot write telemetry (%d samples kept): %s", len(buffer.pending), exc)
             except Exception:
                 log.exception("telemetry flush failed (%d samples kept)", len(buffer.pending))
+            config = refresh()  # a shorter interval applies now, not after the old one ran out
+            next_sample = min(next_sample, time.monotonic() + config.interval_s)
             next_flush = time.monotonic() + config.flush_s
-        stop.wait(config.interval_s)
+        stop.wait(max(0.0, min(next_sample, next_flush) - time.monotonic()))
     try:
         buffer.flush()
     except FieldboxError as exc:
@@ -140,6 +162,7 @@ def run_monitor(
     sample: Callable[[], list[Sample]],
     telemetry: TelemetrySink,
     send_event: Callable[[str, dict[str, Any]], object],
+    config_values: Callable[[str], dict[str, Any]] | None = None,
 ) -> TelemetryBuffer:
     """Serve events and sample until ``stop`` is set (or stdin closes); the buffer, for its counters.
 
@@ -156,7 +179,7 @@ def run_monitor(
         sync_priority=config.sync_priority if config.sync else None,
     )
     try:
-        sample_until_stopped(sample, buffer, config, stop, log)
+        sample_until_stopped(sample, buffer, config, stop, log, config_values)
     finally:
         forwarder.close(EVENTS_CLOSE_S)
     log.info("monitor: %d flushes, %d events recorded, %d dropped", buffer.flushes, forwarder.sent,
@@ -181,6 +204,7 @@ def main_body(log: logging.Logger, stop: threading.Event) -> int:
             sample=sampler.sample,
             telemetry=telemetry_client,
             send_event=event_client.add_event,
+            config_values=telemetry_client.config_values,
         )
     finally:
         telemetry_client.close()

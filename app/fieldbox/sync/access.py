@@ -18,6 +18,8 @@ Requests on ``store.sock`` (fields in the header; see :mod:`fieldbox.services.cl
 ``outbox.bounds`` ``max_rows`` ``max_bytes`` ``ttl_s`` -> ``dropped`` (``[[reason, priority, n]]``), ``bytes``
 ``config.outgoing`` ``node`` -> payload: the local config document (edits stamped first)
 ``config.incoming`` ``node``; payload: the server's document -> ``changed`` (keys)
+``config.values`` ``prefix`` -> ``values``: ``{key: value}`` of the keys starting with it
+(the live settings a program reads, :mod:`fieldbox.settings`)
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class SyncAccess(Protocol):
     def config_incoming(self, node: str, remote: Document) -> set[str]:
         """Merge the server's document; the keys that changed here."""
 
+    def config_values(self, prefix: str) -> dict[str, Any]:
+        """Current values of the keys starting with ``prefix``."""
+
 
 class LocalAccess:
     """The operations on an open store (tests, tools, and the store writer's handlers)."""
@@ -95,6 +100,9 @@ class LocalAccess:
 
     def config_incoming(self, node: str, remote: Document) -> set[str]:
         return configstore.apply_remote(self.store, self._clock(node), remote)
+
+    def config_values(self, prefix: str) -> dict[str, Any]:
+        return configstore.values(self.store, prefix)
 
 
 def _int(header: dict[str, Any], key: str) -> int:
@@ -165,6 +173,17 @@ class StoreSocketAccess:
         reply = self.ipc.call("config.incoming", configdoc.encode(remote), node=node)
         return {str(key) for key in _list(reply.header, "changed")}
 
+    def config_values(self, prefix: str) -> dict[str, Any]:
+        return config_values_reply(self.ipc.call("config.values", prefix=prefix).header)
+
+
+def config_values_reply(header: dict[str, Any]) -> dict[str, Any]:
+    """The ``values`` of a ``config.values`` reply, checked."""
+    got = header.get("values")
+    if not isinstance(got, dict) or not all(isinstance(k, str) for k in got):
+        raise ProtocolError("store: config.values reply has no values map")
+    return got
+
 
 def handle(access: LocalAccess, op: str, request: ipc.Request) -> ipc.Reply:
     """The store writer's answer to one of this module's requests (run in its writer thread)."""
@@ -212,11 +231,13 @@ def handle(access: LocalAccess, op: str, request: ipc.Request) -> ipc.Reply:
         remote = configdoc.decode(request.payload, "the config document sent to the store writer")
         changed = access.config_incoming(request.get("node", str), remote)
         return ipc.Reply({"changed": sorted(changed)})
+    if op == "config.values":
+        return ipc.Reply({"values": access.config_values(request.get("prefix", str))})
     raise ProtocolError(f"store: unknown request {op!r}")
 
 
 OPS = frozenset(
     {"outbox.pending", "outbox.delete", "outbox.drop", "outbox.totals", "outbox.bounds",
-     "config.outgoing", "config.incoming"}  # fmt: skip
+     "config.outgoing", "config.incoming", "config.values"}  # fmt: skip
 )
 """The store-writer requests this module defines."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, cast
 from fieldbox.budget import disk_space
 from fieldbox.errors import BatchFormatError, BusyError, ClockSkewError, ServiceUnavailableError, SyncError
 from fieldbox.paths import data_dir
+from fieldbox.settings import LiveSettings
 from fieldbox.sync import batch as wire
 from fieldbox.sync import configdoc, outbox
 from fieldbox.sync.access import LocalAccess, SyncAccess
@@ -184,6 +185,8 @@ class SyncClient:
         self._next_attempt = 0.0
         self._next_config = 0.0
         self._last_bounds = -1e18
+        self.live = LiveSettings("sync", config)
+        self._settings_read = False
 
     @property
     def session(self) -> requests.Session:
@@ -315,7 +318,14 @@ class SyncClient:
         self.stats.config_syncs += 1
         if changed:
             log.info("config changed by the server: %s", ", ".join(sorted(changed)))
+            self.refresh_settings()
         return changed
+
+    def refresh_settings(self) -> SyncConfig:
+        """Apply the config document's ``sync.*`` keys (:mod:`fieldbox.settings`) to this client."""
+        self.config = self.live.apply(self.access.config_values("sync."))
+        self._settings_read = True
+        return self.config
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -333,6 +343,8 @@ class SyncClient:
             return self.config.idle_s
 
     def _step(self) -> float:
+        if not self._settings_read:  # what the document said before this process started
+            self.refresh_settings()
         now = self.monotonic()
         if now - self._last_bounds >= self.config.idle_s:
             self.enforce_bounds()

@@ -100,6 +100,15 @@ def load_document(store: Store) -> Document:
     return doc
 
 
+def values(store: Store, prefix: str) -> dict[str, Any]:
+    """The current value of every kv key starting with ``prefix`` (what :mod:`fieldbox.settings` reads)."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return {
+        key: json.loads(value)
+        for key, value in store.query("SELECT key, value FROM kv WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+    }
+
+
 def apply_remote(store: Store, clock: Clock, remote: Document) -> set[str]:
     """Merge a document from the server into kv by the rule; returns the keys that changed here.
 
