@@ -11,6 +11,7 @@ to pixels of the original image (letterbox padding, centre crop or stretch).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import warnings
@@ -85,22 +86,50 @@ class ImageGeometry:
         return cls(height=h, width=w, channels=c, layout=layout)
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
-    """Decode an encoded image fully; InputError (one line) if it is empty, truncated or not an image."""
+_pixel_cap: int | None = None
+
+DRAFT_ABOVE = 2_000_000
+"""A JPEG larger than this many pixels is decoded at a reduced scale where the model allows it; a
+smaller one is decoded whole, so ordinary inputs give exactly the answer a full decode gives."""
+
+
+def set_pixel_cap(pixels: int | None) -> None:
+    """The process-wide cap on decoded pixels (the runner sets it from :mod:`fieldbox.limits`)."""
+    global _pixel_cap
+    _pixel_cap = pixels
+
+
+def decode_image(
+    data: bytes, max_pixels: int = 64_000_000, at_least: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode an encoded image fully; InputError (one line) if it is empty, truncated or not an image.
+
+    ``at_least``: the size the caller needs. A JPEG over :data:`DRAFT_ABOVE`
+    pixels is then decoded at the smallest of 1/1, 1/2, 1/4, 1/8 that still covers it (libjpeg's DCT
+    scaling), so a 12-megapixel photo for a 128-pixel model costs a fraction
+    of the memory. The pixel limit (the lower of ``max_pixels`` and the
+    runner's cap) applies to what is decoded.
+    """
     if not data:
         raise InputError("empty input (0 bytes)")
+    limit = max_pixels if _pixel_cap is None else min(max_pixels, _pixel_cap)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            source = image.size
+            if at_least is not None and image.format == "JPEG" and source[0] * source[1] > DRAFT_ABOVE:
+                image.draft(image.mode, at_least)  # scale only; the mode stays
             width, height = image.size
-            if width * height > max_pixels:
+            if width * height > limit:
                 raise InputError(
-                    f"image is {width}x{height} pixels, more than the {max_pixels} allowed",
-                    "raise preprocess.max_pixels if this is intended",
+                    f"image is {width}x{height} pixels, more than the {limit} allowed",
+                    "raise preprocess.max_pixels (or limits.toml max_decoded_pixels) if this is intended",
                 )
             image.load()
+            scale = source[0] / image.size[0]  # > 1 where the JPEG was decoded at a reduced scale
             image = ImageOps.exif_transpose(image) or image
+            image.info["decode_scale"] = scale
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -201,12 +230,17 @@ def prepare_image(
     data: bytes, detail: TensorDetail, geometry: ImageGeometry, pre: ImagePreprocess
 ) -> tuple[Array, Placement]:
     """Bytes of an encoded image -> (input tensor, placement)."""
-    image = decode_image(data, pre.max_pixels)
+    image = decode_image(data, pre.max_pixels, at_least=(2 * geometry.width, 2 * geometry.height))
     mode = "L" if geometry.channels == 1 or pre.color == "gray" else "RGB"
     if geometry.channels == 3 and pre.color == "gray":
         raise ConfigError("preprocess.color is 'gray' but the model input has 3 channels")
     image = to_mode(image, mode)
+    scale = float(image.info.get("decode_scale", 1.0))
     fitted, placement = fit(image, geometry, pre)
+    if scale != 1.0:  # answers are in the pixels of the photo as it is, not of its scaled decode
+        placement = dataclasses.replace(
+            placement, width=round(placement.width * scale), height=round(placement.height * scale)
+        )
     return to_tensor(fitted, detail, geometry, pre), placement
 
 

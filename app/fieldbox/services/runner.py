@@ -5,7 +5,8 @@ up). One that fails to load does not stop the others: requests for it are
 answered with its load error (a ``model`` or ``config`` error), which fails
 the item with that reason, e.g. "model sha256 mismatch". Requests run in the
 connection's thread; an agent serialises only its own interpreter call, so
-two workflow workers overlap decoding with inference.
+two workflow workers overlap decoding with inference, up to the decode slots
+of :mod:`fieldbox.limits` (memory: a decoded photo is the largest buffer).
 
 Requests: see :mod:`fieldbox.services.clients`.
 """
@@ -21,7 +22,9 @@ from typing import Any
 
 from fieldbox import ipc, paths
 from fieldbox.agents import Agent, load_agents
+from fieldbox.agents.image import set_pixel_cap
 from fieldbox.errors import ConfigError, FieldboxError, ModelError, ProtocolError
+from fieldbox.limits import Limits, load_limits
 from fieldbox.services import RUNNER_SOCKET, socket_path
 from fieldbox.services.common import EXIT_OK, run_service
 
@@ -29,13 +32,21 @@ from fieldbox.services.common import EXIT_OK, run_service
 class RunnerService:
     """The request handler over a set of loaded agents."""
 
-    def __init__(self, agents: dict[str, Agent], broken: dict[str, FieldboxError]) -> None:
+    def __init__(
+        self, agents: dict[str, Agent], broken: dict[str, FieldboxError], decode_slots: int = 0
+    ) -> None:
         self.agents = agents
         self.broken = broken
+        self._slots = threading.BoundedSemaphore(decode_slots) if decode_slots > 0 else None
 
     @classmethod
-    def load(cls, directory: Path, log: logging.Logger) -> RunnerService:
-        """Load every agent manifest in ``directory``; broken ones are kept with their error."""
+    def load(cls, directory: Path, log: logging.Logger, limits: Limits | None = None) -> RunnerService:
+        """Load every agent manifest in ``directory``; broken ones are kept with their error.
+
+        ``limits`` (:mod:`fieldbox.limits`): the decoded-pixel cap and the decode slots.
+        """
+        if limits is not None:
+            set_pixel_cap(limits.max_decoded_pixels)
         errors: dict[Path, FieldboxError] = {}
         agents = load_agents(directory, errors=errors)
         broken = {path.stem: exc for path, exc in errors.items()}
@@ -43,7 +54,7 @@ class RunnerService:
             log.info("agent %s loaded (%s, %s)", name, agent.kind, agent.model_path.name)
         for name, exc in broken.items():
             log.error("agent %s NOT loaded: %s", name, exc)
-        return cls(agents, broken)
+        return cls(agents, broken, limits.decode_slots if limits is not None else 0)
 
     def handle(self, request: ipc.Request) -> ipc.Reply:
         """Answer one request."""
@@ -52,7 +63,11 @@ class RunnerService:
             agent = self.agents.get(name)
             if agent is None:
                 raise self._missing(name)
-            result = agent.run(request.payload)
+            if self._slots is None:
+                result = agent.run(request.payload)
+            else:
+                with self._slots:  # memory: at most decode_slots inputs decoded at once
+                    result = agent.run(request.payload)
             return ipc.Reply({"agent": name}, json.dumps(result, separators=(",", ":")).encode())
         if request.op == "ping":
             return ipc.Reply(
@@ -92,7 +107,10 @@ class RunnerService:
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
     """Load the agents, serve until stopped."""
-    service = RunnerService.load(paths.etc_dir() / "agents", log)
+    limits = load_limits()
+    log.info("input limits: %d decoded pixels, %d decode slots",
+             limits.max_decoded_pixels, limits.decode_slots)  # fmt: skip
+    service = RunnerService.load(paths.etc_dir() / "agents", log, limits)
     server = ipc.Server(socket_path(RUNNER_SOCKET), service.handle, name="runner")
     server.start()
     log.info("runner serving %d agent(s) on %s", len(service.agents), server.path)

@@ -17,6 +17,7 @@ Requests: see :mod:`fieldbox.services.clients`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 from fieldbox import ipc, paths
 from fieldbox.budget import DataBudget, SpaceGuard, load_budget
 from fieldbox.errors import ConfigError, FieldboxError, InputError, ProtocolError
+from fieldbox.limits import Limits, for_memory, load_limits, memory_bytes
 from fieldbox.services import RUNNER_SOCKET, STORE_SOCKET, WORKFLOWS_SOCKET, socket_path
 from fieldbox.services.clients import RunnerClient, StoreClient
 from fieldbox.services.common import EXIT_OK, run_service
@@ -57,8 +59,10 @@ class WorkflowsService:
         runner_path: Path | None = None,
         store_path: Path | None = None,
         budget: DataBudget | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.limits = limits or for_memory(memory_bytes(), os.cpu_count() or 1)
         self.budget = budget or DataBudget()
         self.space = SpaceGuard(data_dir, self.budget, on_change=self._space_changed)
         self.stop = stop
@@ -72,6 +76,7 @@ class WorkflowsService:
                 store_factory=lambda: StoreClient(self.store_path),
                 stop=stop,
                 space=self.space,
+                max_item_bytes=self.limits.max_item_bytes,
             )
             for name, spec in specs.items()
         }
@@ -176,7 +181,9 @@ def main_body(log: logging.Logger, stop: threading.Event) -> int:
     specs = load_workflows(paths.etc_dir() / "workflows", errors)
     for file, error in errors.items():
         log.error("workflow file %s NOT loaded: %s", file, error)
-    service = WorkflowsService(specs, paths.data_dir(), stop, errors, budget=load_budget())
+    limits = load_limits()
+    log.info("input limits: %d bytes per item", limits.max_item_bytes)
+    service = WorkflowsService(specs, paths.data_dir(), stop, errors, budget=load_budget(), limits=limits)
     service.start()
     server = ipc.Server(socket_path(WORKFLOWS_SOCKET), service.handle, name="workflows")
     server.start()

@@ -118,8 +118,8 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ServiceUnavailableError | BusyError | StoreError)
 
 
-def read_item_file(item: Item) -> bytes:
-    """An inbox item's bytes; InputError if it is empty, too large, or not a regular file."""
+def read_item_file(item: Item, max_bytes: int = MAX_PAYLOAD) -> bytes:
+    """An inbox item's bytes; InputError if it is empty, over ``max_bytes``, or not a regular file."""
     assert item.path is not None
     try:
         fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -135,10 +135,17 @@ def read_item_file(item: Item) -> bytes:
             raise InputError(f"{item.name}: not a regular file", "put plain files in the inbox")
         if st.st_size == 0:
             raise InputError(f"{item.name}: empty file", "write the whole file, then rename it in")
-        if st.st_size > MAX_PAYLOAD:
-            raise InputError(f"{item.name}: {st.st_size} bytes is over the {MAX_PAYLOAD}-byte limit")
+        if st.st_size > max_bytes:
+            raise InputError(
+                f"{item.name}: {st.st_size} bytes is over the {max_bytes}-byte limit",
+                "raise limits.toml max_item_bytes if this device has the memory",
+            )
         chunks = []
+        size = 0
         while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > max_bytes:  # it grew after the check: still being written
+                raise InputError(f"{item.name}: grew past the {max_bytes}-byte limit while being read")
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -174,9 +181,11 @@ class WorkflowEngine:
         store_factory: Callable[[], StoreWriter],
         stop: threading.Event | None = None,
         space: SpaceGuard | None = None,
+        max_item_bytes: int = MAX_PAYLOAD,
     ) -> None:
         self.spec = spec
         self.space = space
+        self.max_item_bytes = max_item_bytes
         self.runner_factory = runner_factory
         self.store_factory = store_factory
         self.stop = stop or threading.Event()
@@ -314,7 +323,7 @@ class WorkflowEngine:
         start = time.perf_counter()
         try:
             if item.data is None:
-                item.data = read_item_file(item)
+                item.data = read_item_file(item, self.max_item_bytes)
             results = self._run_steps(item, runner)
             stored, duplicate = self._sink_store(item, results, store)
         except Stopping:

@@ -244,6 +244,11 @@ def submit_and_wait(engine: WorkflowEngine, name: str, data: bytes, timeout: flo
             f"workflow {engine.spec.name} does not take socket submissions",
             "add [trigger.socket] to its file",
         )
+    if len(data) > engine.max_item_bytes:
+        raise InputError(
+            f"{name}: {len(data)} bytes is over the {engine.max_item_bytes}-byte limit",
+            "raise limits.toml max_item_bytes if this device has the memory",
+        )
     if not engine.admit(block=False):
         paused = engine.paused()
         if paused:
