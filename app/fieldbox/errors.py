@@ -79,6 +79,10 @@ class ServiceUnavailableError(ServiceError):
     """A local service is not running or its socket cannot be reached; retry with backoff."""
 
 
+class AgentUnavailableError(ServiceUnavailableError):
+    """The runner could not load an agent (model or manifest); items wait for a fixed one."""
+
+
 class BusyError(ServiceError):
     """A service's bounded queue is full; the request was not taken and may be retried."""
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldbox.errors import (
+    AgentUnavailableError,
     BusyError,
     ClockSkewError,
     ConfigError,
@@ -76,6 +77,7 @@ ERROR_CODES: dict[str, type[FieldboxError]] = {
     "bad-request": ProtocolError,
     "busy": BusyError,
     "clock-skew": ClockSkewError,
+    "agent-unavailable": AgentUnavailableError,
     "unavailable": ServiceUnavailableError,
     "input": InputError,
     "model": ModelError,
@@ -100,6 +102,7 @@ def error_code(exc: BaseException) -> str:
     for code, cls in (
         ("busy", BusyError),
         ("clock-skew", ClockSkewError),
+        ("agent-unavailable", AgentUnavailableError),
         ("unavailable", ServiceUnavailableError),
         ("bad-request", ProtocolError),
         ("input", InputError),

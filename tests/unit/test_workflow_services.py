@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from fieldbox import ipc
-from fieldbox.errors import ConfigError, InputError, ProtocolError, ServiceUnavailableError
+from fieldbox.errors import (
+    AgentUnavailableError,
+    InputError,
+    ProtocolError,
+    ServiceUnavailableError,
+)
 from fieldbox.services.clients import RunnerClient, StoreClient
 from fieldbox.services.runner import RunnerService
 from fieldbox.services.store import StoreWriter
@@ -102,7 +107,7 @@ def test_runner_service_answers_and_refuses(run_dir: Path, monkeypatch: pytest.M
         assert result["detections"] and raw.startswith(b"{")
         with pytest.raises(InputError):
             client.run("face-detector", b"GIF89a broken")
-        with pytest.raises(ConfigError, match="no agent named 'nope'"):
+        with pytest.raises(AgentUnavailableError, match="no agent named 'nope'"):
             client.run("nope", b"x")
         assert client.stats()["face-detector"]
         client.close()

@@ -2,8 +2,12 @@
 
 Every manifest in ``$FIELDBOX_ETC/agents`` is loaded (sha256-checked, warmed
 up). One that fails to load does not stop the others: requests for it are
-answered with its load error (a ``model`` or ``config`` error), which fails
-the item with that reason, e.g. "model sha256 mismatch". Requests run in the
+answered ``agent-unavailable`` with its load error (e.g. "model sha256
+mismatch"), which the workflows treat as transient: the item is held and
+retried, not failed, because the input is fine and the model is what is
+broken. The runner tries the manifest again when a request comes at least
+:data:`RELOAD_S` after the last try, so a fixed model (an app update, a
+corrected file) is picked up without a restart. Requests run in the
 connection's thread; an agent serialises only its own interpreter call, so
 two workflow workers overlap decoding with inference, up to the decode slots
 of :mod:`fieldbox.limits` (memory: a decoded photo is the largest buffer).
@@ -15,28 +19,44 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from fieldbox import ipc, paths
-from fieldbox.agents import Agent, load_agents
+from fieldbox.agents import Agent, load_agent, load_agents
 from fieldbox.agents.image import set_pixel_cap
-from fieldbox.errors import ConfigError, FieldboxError, ModelError, ProtocolError
+from fieldbox.errors import AgentUnavailableError, FieldboxError, ProtocolError
 from fieldbox.limits import Limits, load_limits
 from fieldbox.services import RUNNER_SOCKET, socket_path
 from fieldbox.services.common import EXIT_OK, run_service
+
+RELOAD_S = 30.0
+"""How often a broken or missing agent's manifest is tried again (on demand, by a request for it)."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class RunnerService:
     """The request handler over a set of loaded agents."""
 
     def __init__(
-        self, agents: dict[str, Agent], broken: dict[str, FieldboxError], decode_slots: int = 0
+        self,
+        agents: dict[str, Agent],
+        broken: dict[str, FieldboxError],
+        decode_slots: int = 0,
+        directory: Path | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         self.agents = agents
         self.broken = broken
+        self.directory = directory
+        self.log = log or logging.getLogger(__name__)
+        self._tried: dict[str, float] = {name: time.monotonic() for name in broken}
+        self._reload_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(decode_slots) if decode_slots > 0 else None
 
     @classmethod
@@ -54,13 +74,13 @@ class RunnerService:
             log.info("agent %s loaded (%s, %s)", name, agent.kind, agent.model_path.name)
         for name, exc in broken.items():
             log.error("agent %s NOT loaded: %s", name, exc)
-        return cls(agents, broken, limits.decode_slots if limits is not None else 0)
+        return cls(agents, broken, limits.decode_slots if limits is not None else 0, directory, log)
 
     def handle(self, request: ipc.Request) -> ipc.Reply:
         """Answer one request."""
         if request.op == "run":
             name = request.get("agent", str)
-            agent = self.agents.get(name)
+            agent = self.agents.get(name) or self._reload(name)
             if agent is None:
                 raise self._missing(name)
             if self._slots is None:
@@ -95,14 +115,38 @@ class RunnerService:
                 out[name] = str(exc)
         return out
 
+    def _reload(self, name: str) -> Agent | None:
+        """Try a broken (or not yet known) agent's manifest again, at most every RELOAD_S."""
+        if self.directory is None or not _NAME.fullmatch(name):
+            return None
+        manifest = self.directory / f"{name}.toml"
+        with self._reload_lock:
+            if name in self.agents:
+                return self.agents[name]
+            if time.monotonic() - self._tried.get(name, -RELOAD_S) < RELOAD_S or not manifest.is_file():
+                return None
+            self._tried[name] = time.monotonic()
+            try:
+                agent = load_agent(manifest)
+            except FieldboxError as exc:
+                self.broken[name] = exc
+                self.log.error("agent %s still NOT loaded: %s", name, exc)
+                return None
+            self.agents[name] = agent
+            self.broken.pop(name, None)
+            self.log.info("agent %s loaded on retry (%s, %s)", name, agent.kind, agent.model_path.name)
+            return agent
+
     def _missing(self, name: str) -> FieldboxError:
         exc = self.broken.get(name)
-        if isinstance(exc, ModelError):
-            return ModelError(f"agent {name} is not available: {exc}")
         if exc is not None:
-            return ConfigError(f"agent {name} is not available: {exc}")
+            return AgentUnavailableError(
+                f"agent {name} is not available: {exc}", f"items wait; fix {name}.toml or its model"
+            )
         known = ", ".join(sorted(self.agents)) or "none"
-        return ConfigError(f"no agent named {name!r} is loaded (loaded: {known})")
+        return AgentUnavailableError(
+            f"no agent named {name!r} is loaded (loaded: {known})", "items wait until it is installed"
+        )
 
 
 def main_body(log: logging.Logger, stop: threading.Event) -> int:
