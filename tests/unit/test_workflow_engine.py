@@ -147,6 +147,26 @@ def test_which_files_are_taken(tmp_path: Path):
     assert [p.name for p in inbox.ready(now=time.time() + 10)] == ["old.jpg", "fresh.jpg"]
 
 
+def test_what_is_left_in_the_inbox_is_explained_once(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    inbox = Inbox(tmp_path, InboxTrigger(settle_seconds=0, glob="*.jpg"), "processing/x")
+    inbox.ensure_dirs()
+    (tmp_path / "inbox" / "album").mkdir()
+    (tmp_path / "inbox" / "notes.txt").write_text("x")
+    (tmp_path / "inbox" / "fresh.jpg.tmp").write_text("x")
+    old = tmp_path / "inbox" / "abandoned.jpg.part"
+    old.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    with caplog.at_level(logging.WARNING, logger="fieldbox.workflows.inbox"):
+        assert inbox.ready() == [] and inbox.ready() == []
+    said = sorted(r.getMessage().split(": ", 1)[1] for r in caplog.records)
+    assert said == [
+        "abandoned.jpg.part has a temporary name and has not changed for 2 h (rename it when complete); "
+        "left where it is",
+        "album is a directory (only files are taken); left where it is",
+        "notes.txt does not match glob '*.jpg'; left where it is",
+    ]
+
+
 def test_moves_never_overwrite(tmp_path: Path):
     inbox = Inbox(tmp_path, InboxTrigger(settle_seconds=0), "processing/x")
     inbox.ensure_dirs()

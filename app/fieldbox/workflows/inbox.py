@@ -62,6 +62,10 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".reason")
 """Files being written (by convention) and our own reason files are never taken."""
 
 
+STALE_TEMPORARY_S = 3600.0
+"""A temporary-named file unchanged this long gets a logged reason (it is still never taken)."""
+
+
 def is_candidate(name: str, pattern: str) -> bool:
     """Whether a file name may be taken from the inbox (see the module docstring)."""
     if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
@@ -99,6 +103,16 @@ class Inbox:
         self.processing = _resolve(data_dir, processing)
         self.done = _resolve(data_dir, trigger.done)
         self.failed = _resolve(data_dir, trigger.failed)
+        self._explained: set[str] = set()
+
+    def _leave(self, name: str, reason: str) -> None:
+        """Log, once per name, why something in the inbox is left where it is."""
+        if name in self._explained:
+            return
+        if len(self._explained) > 10_000:  # bounded: a name may be explained again, never unbounded
+            self._explained.clear()
+        self._explained.add(name)
+        log.warning("inbox %s: %s %s; left where it is", self.inbox, display_name(name), reason)
 
     def ensure_dirs(self) -> None:
         """Create the four directories (all must be on one filesystem for renames)."""
@@ -120,19 +134,38 @@ class Inbox:
         except FileNotFoundError:
             return []
         for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                self._leave(entry.name, "is a directory (only files are taken)")
+                continue
             if not is_candidate(entry.name, self.trigger.glob):
+                if not (entry.name.startswith(".") or entry.name.endswith(IGNORED_SUFFIXES)):
+                    self._leave(entry.name, f"does not match glob {self.trigger.glob!r}")
+                else:
+                    self._stale_temporary(entry, now)
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
                 continue
             if now - st.st_mtime < self.trigger.settle_seconds:
                 continue
             found.append((st.st_mtime, entry.name, Path(entry.path)))
         found.sort()
         return [path for _, _, path in found]
+
+    def _stale_temporary(self, entry: os.DirEntry[str], now: float) -> None:
+        """A name that says "still being written" (``.x``, ``x.tmp``): explained once it is an hour old."""
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            return
+        if age > STALE_TEMPORARY_S and not entry.name.endswith(".reason"):
+            self._leave(entry.name, f"has a temporary name and has not changed for {age / 3600:.0f} h "
+                        "(rename it when complete)")  # fmt: skip
 
     def claim(self, path: Path) -> Path | None:
         """Move an inbox file to processing/; None if that name is still being processed.
