@@ -107,3 +107,25 @@ def test_wide_samples_are_scaled_not_clipped() -> None:
     assert np.array_equal(np.asarray(to_mode(small, "L")), np.arange(256).reshape(16, 16))
     unit = Image.fromarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16))
     assert np.array_equal(np.asarray(to_mode(unit, "L")), np.arange(256).reshape(16, 16))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), fmt=st.sampled_from(["PNG", "JPEG", "TIFF", "GIF", "BMP"]))
+def test_the_decoder_the_runner_runs_answers_damaged_images_with_input_error_only(
+    assets_dir: Path, data: st.DataObject, fmt: str
+) -> None:
+    from fieldbox.agents.image import decode_image
+    from fieldbox.errors import InputError
+
+    with Image.open(assets_dir / "astronaut.png") as img:
+        blob = bytearray(encode(img.convert("RGB").resize((64, 64)), fmt))
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(blob)))
+    try:
+        image = decode_image(bytes(blob[:cut]), at_least=(256, 256))
+    except InputError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert to_mode(image, "RGB").mode == "RGB"
