@@ -461,3 +461,30 @@ def test_any_name_a_filesystem_holds_ends_with_a_result_or_a_reason(stack: Stack
     with stack.store() as store:
         stored = {r.item for r in store.results("faces", limit=10_000)}
     assert {display_name(os.fsdecode(raw)) for raw in names} <= stored
+
+
+def test_a_worker_that_dies_is_replaced_and_its_poison_item_fails_after_three_deaths(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    stack.start_runner()
+    service = stack.start_workflows(workflow(queue={"size": 4, "workers": 1}))
+    engine = service.engines["faces"]
+    original_process = engine.process
+
+    def dying(item: Any, runner: Any, store: Any) -> Any:
+        if item.name.startswith("poison"):
+            raise SystemError("worker killed")  # an error process() itself lets out: the thread dies
+        return original_process(item, runner, store)
+
+    monkeypatch.setattr(engine, "process", dying)
+    (p_name, p_data), (g_name, g_data) = photos(2, seed=9)
+    drop(stack.data / "inbox", "poison-" + p_name, p_data)
+    drop(stack.data / "inbox", g_name, g_data)
+
+    def faces() -> dict[str, Any]:
+        return service.status()["workflows"]["faces"]
+
+    wait_for(lambda: faces()["done"] == 1 and faces()["failed"] == 1, what="poison failed, good done")
+    assert faces()["worker_deaths"] == 3 and faces()["workers_alive"] == 1
+    reason = (stack.data / "failed" / f"poison-{p_name}.reason").read_text()
+    assert "its worker died 3 times: SystemError: worker killed" in reason

@@ -23,6 +23,11 @@ next start). *Item* errors (InputError, ModelError, a bad request, anything
 else the runner reports about this item) fail the item with a one-line
 reason, recorded as a ``workflow.item_failed`` event in the store; the
 workflow carries on with the next item.
+
+A worker thread that dies (a bug, not an item error) is counted
+(``worker_deaths``, ``workers_alive`` in the status) and replaced; the item
+it held is tried again, and fails after :data:`MAX_WORKER_DEATHS` deaths, so
+one poison item cannot take the workflow down.
 """
 
 from __future__ import annotations
@@ -88,6 +93,13 @@ class StoreWriter(Protocol):
 
 class Stopping(Exception):
     """The engine is stopping; the item is left where it is, to be retried on the next start."""
+
+
+MAX_WORKER_DEATHS = 3
+"""An item whose worker dies this many times goes to failed/ (no poison loop)."""
+
+WORKER_RESPAWN_S = 0.5
+"""A replacement worker starts after this pause, so a worker that dies at once does not spin."""
 
 
 @dataclass
@@ -203,7 +215,9 @@ class WorkflowEngine:
             "busy_refusals": 0,
             "retries": 0,
             "pruned_files": 0,
+            "worker_deaths": 0,
         }
+        self._deaths: dict[str, int] = {}
         self.last_error = ""
         self.last_failure = ""
 
@@ -266,12 +280,17 @@ class WorkflowEngine:
     # ------------------------------------------------------------- workers
     def start(self) -> None:
         """Start the worker threads."""
-        for n in range(self.spec.queue.workers):
+        for _ in range(self.spec.queue.workers):
+            self._spawn()
+
+    def _spawn(self, delay: float = 0.0) -> None:
+        with self._lock:
+            n = len(self._workers)
             thread = threading.Thread(
-                target=self._work, name=f"{self.spec.name}-worker{n}", daemon=True
+                target=self._work, args=(delay,), name=f"{self.spec.name}-worker{n}", daemon=True
             )
-            thread.start()
             self._workers.append(thread)
+        thread.start()
 
     def join(self, timeout: float = 10.0) -> None:
         """After ``stop`` is set: wake the workers and wait for them."""
@@ -289,25 +308,58 @@ class WorkflowEngine:
             if job is not None:
                 self._finish(job, None)
 
-    def _work(self) -> None:
-        runner = self.runner_factory()
-        store = self.store_factory()
+    def _work(self, delay: float = 0.0) -> None:
+        """One worker: take jobs until stopped. If it dies, :meth:`_worker_died` replaces it."""
+        if delay:
+            self.stop.wait(delay)
+        job: _Job | None = None
+        runner = store = None
         try:
+            runner = self.runner_factory()
+            store = self.store_factory()
             while True:
                 job = self._queue.get()
                 if job is None:
                     return
                 if self.stop.is_set():
                     self._finish(job, None)
+                    job = None
                     continue
                 try:
                     outcome: Outcome | None = self.process(job.item, runner, store)
                 except Stopping:
                     outcome = None
                 self._finish(job, outcome)
+                job = None
+        except Exception as exc:  # process() catches item errors; this is a bug or a broken client
+            self._worker_died(job, exc)
         finally:
-            runner.close()
-            store.close()
+            for client in (runner, store):
+                if client is not None:
+                    client.close()
+
+    def _worker_died(self, job: _Job | None, exc: Exception) -> None:
+        """Count the death, retry or fail the item it held, and start a replacement worker."""
+        log.exception("%s: a worker died", self.spec.name)
+        with self._lock:
+            self.counters["worker_deaths"] += 1
+            self.last_error = one_line(f"a worker died: {type(exc).__name__}: {exc}")
+        if job is not None:
+            key = job.item.name
+            with self._lock:
+                self._deaths[key] = deaths = self._deaths.get(key, 0) + 1
+            if deaths >= MAX_WORKER_DEATHS:
+                reason = one_line(f"its worker died {deaths} times: {type(exc).__name__}: {exc}")
+                with self._lock:
+                    self.counters["failed"] += 1
+                    self.last_failure = f"{job.item.name}: {reason}"
+                    self._deaths.pop(key, None)
+                log.warning("%s: %s failed: %s", self.spec.name, job.item.name, reason)
+                self._finish(job, Outcome(False, reason=reason))
+            else:
+                self._queue.put(job)  # its place in the queue is still held: tried again
+        if not self.stop.is_set():
+            self._spawn(delay=WORKER_RESPAWN_S)
 
     def _finish(self, job: _Job, outcome: Outcome | None) -> None:
         try:
@@ -447,6 +499,8 @@ class WorkflowEngine:
         out["last_error"] = self.last_error
         out["last_failure"] = self.last_failure
         out["paused"] = self.paused()
+        with self._lock:
+            out["workers_alive"] = sum(t.is_alive() for t in self._workers)
         out["triggers"] = [
             name
             for name, trig in (
