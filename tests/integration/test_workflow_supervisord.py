@@ -213,3 +213,46 @@ def test_dev_up_starts_and_ctrl_c_stops_everything(tmp_path: Path):
         import shutil
 
         shutil.rmtree(run, ignore_errors=True)
+
+
+def test_odd_names_and_image_modes_each_end_with_a_result_or_a_reason(devstack: DevStack):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fieldbox.workflows.inbox import display_name
+
+    with Image.open(ASSETS / "astronaut.png") as img:
+        rgb = img.convert("RGB").resize((256, 256))
+
+    def encode(image: Image.Image, fmt: str) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format=fmt)
+        return out.getvalue()
+
+    grey = rgb.convert("L")
+    photos = {
+        b"caf\xe9-latin1.png": encode(rgb, "PNG"),  # not UTF-8
+        "東京-utf8.png".encode(): encode(grey, "PNG"),
+        b"x" * 251 + b".png": encode(rgb.quantize(64), "PNG"),  # 255 bytes, the ext4 limit
+        b"sixteen-bit.png": encode(Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257), "PNG"),
+        b"cmyk.tiff": encode(rgb.convert("CMYK"), "TIFF"),
+        b"new\nline.png": encode(rgb.convert("RGBA"), "PNG"),
+    }
+    bad = {b"\xff\xfe-garbage.jpg": b"\x00" * 500}
+    for raw, data in {**photos, **bad}.items():
+        (devstack.inbox / os.fsdecode(raw)).write_bytes(data)
+    (devstack.inbox / "a-directory").mkdir()
+    wait_for(lambda: left(devstack) == 1 and count(devstack.data / "failed") == 2, 120,
+             "every file ended (the directory stays)", devstack)  # fmt: skip
+    with open_store(devstack) as store:
+        rows = {r.item: r.result for r in store.results(WORKFLOW, limit=100)}
+    assert set(rows) == {display_name(os.fsdecode(raw)) for raw in photos}
+    for item, result in rows.items():
+        assert len(result["detections"]) == 1, (item, result)  # every copy finds her face
+    reason = (devstack.data / "failed" / (os.fsdecode(b"\xff\xfe-garbage.jpg") + ".reason")).read_text()
+    assert reason.count("\n") == 1 and "not an image" in reason
+    log = (devstack.log_dir / "workflows.log").read_text()
+    assert "a-directory is a directory (only files are taken); left where it is" in log
+    assert "Traceback" not in log
