@@ -94,7 +94,7 @@ def _release_ready_mib() -> float:
         machine.restart()
         machine.wait_ready(timeout=300)
         found = re.findall(r"fieldbox ready: .*, (\d+) MiB used", machine.console_text())
-    if len(found) < 2:
+    if not found:  # console_text() is this (second) boot's
         raise Skip("the release image's ready line carries no memory figure (rebuild the image)")
     return float(found[-1])
 
