@@ -46,6 +46,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     stack = DevStack(data=args.data, run=args.run, etc=args.etc)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` of dev up stops supervisord too
+    # Ctrl-C even when started in the background of a script, where SIGINT arrives ignored
+    # (POSIX: asynchronous commands) and Python would not turn it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _interrupt)
     print(f"fieldbox dev: starting supervisord ({stack.conf})", flush=True)
     try:
         stack.start(timeout=args.timeout, console=True)
@@ -59,7 +62,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     "",
                     "fieldbox dev: store, runner and workflows are RUNNING.",
                     f"  drop images into   {stack.inbox}/   (write x.jpg.tmp, then rename to x.jpg)",
-                    f"  processed files    {stack.data / 'done'}/   failed: {stack.data / 'failed'}/",
+                    f"  failed items       {stack.data / 'failed'}/   (processed inputs are deleted;"
+                    " budget.toml inbox.keep_done keeps copies)",
                     f"  logs               {stack.log_dir}/",
                     f"  results            {env} fieldbox store query",
                     f"  workflow status    {env} fieldbox workflow status",
