@@ -234,8 +234,8 @@ def prepare_image(
     mode = "L" if geometry.channels == 1 or pre.color == "gray" else "RGB"
     if geometry.channels == 3 and pre.color == "gray":
         raise ConfigError("preprocess.color is 'gray' but the model input has 3 channels")
+    scale = float(image.info.get("decode_scale", 1.0))  # before to_mode: a new image has no info
     image = to_mode(image, mode)
-    scale = float(image.info.get("decode_scale", 1.0))
     fitted, placement = fit(image, geometry, pre)
     if scale != 1.0:  # answers are in the pixels of the photo as it is, not of its scaled decode
         placement = dataclasses.replace(
