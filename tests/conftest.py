@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ci_rules import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - hooks
+from fieldbox.agents import Agent, load_agent
 from fieldbox_host import assets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,14 @@ def assets_dir() -> Path:
 def models_dir() -> Path:
     """``build/models``: models built by ``make models`` (may not exist yet)."""
     return ROOT / "build" / "models"
+
+
+@pytest.fixture(scope="session")
+def face_detector(assets_dir: Path) -> Agent:
+    """The shipped face-detector agent (the image's manifest, the pinned BlazeFace model), loaded once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FIELDBOX_MODELS", str(assets_dir))
+    try:
+        return load_agent(ROOT / "rootfs-overlay/etc/fieldbox/agents/face-detector.toml")
+    finally:
+        mp.undo()

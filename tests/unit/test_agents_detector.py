@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fieldbox.agents import Agent, load_agent
+from fieldbox.agents import Agent
 from fieldbox.agents.detector import Decoded, generate_anchors, iou, non_max_suppression
 from fieldbox.agents.manifest import AnchorSpec
 
-MANIFEST = Path(__file__).resolve().parents[2] / "rootfs-overlay/etc/fieldbox/agents/face-detector.toml"
 
-
-@pytest.fixture(scope="module")
-def detector(assets_dir: Path) -> Agent:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FIELDBOX_MODELS", str(assets_dir))
-    try:
-        return load_agent(MANIFEST)
-    finally:
-        mp.undo()
+@pytest.fixture
+def detector(face_detector: Agent) -> Agent:
+    return face_detector
 
 
 def test_short_range_anchors_match_mediapipe() -> None:

@@ -14,20 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fieldbox.agents import Agent, load_agent
+from fieldbox.agents import Agent
 from fieldbox.agents.image import to_mode
 
-MANIFEST = Path(__file__).resolve().parents[2] / "rootfs-overlay/etc/fieldbox/agents/face-detector.toml"
 
-
-@pytest.fixture(scope="module")
-def detector(assets_dir: Path) -> Agent:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FIELDBOX_MODELS", str(assets_dir))
-    try:
-        return load_agent(MANIFEST)
-    finally:
-        mp.undo()
+@pytest.fixture
+def detector(face_detector: Agent) -> Agent:
+    return face_detector
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:

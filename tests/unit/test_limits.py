@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fieldbox.agents import Agent, load_agent
+from fieldbox.agents import Agent
 from fieldbox.agents.image import decode_image, set_pixel_cap
 from fieldbox.errors import ConfigError, InputError
 from fieldbox.ipc import Request
@@ -21,7 +21,6 @@ from fieldbox.workflows.engine import read_item_file
 from fieldbox.workflows.items import Item
 
 REPO = Path(__file__).resolve().parents[2]
-MANIFEST = REPO / "rootfs-overlay/etc/fieldbox/agents/face-detector.toml"
 
 
 def test_scaled_to_memory_as_the_table_says() -> None:
@@ -77,14 +76,9 @@ def test_a_large_jpeg_is_decoded_at_the_scale_the_model_needs() -> None:
         set_pixel_cap(None)
 
 
-@pytest.fixture(scope="module")
-def detector(assets_dir: Path) -> Agent:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FIELDBOX_MODELS", str(assets_dir))
-    try:
-        return load_agent(MANIFEST)
-    finally:
-        mp.undo()
+@pytest.fixture
+def detector(face_detector: Agent) -> Agent:
+    return face_detector
 
 
 def test_a_12_megapixel_photo_finds_the_face_its_small_copy_finds(detector: Agent, assets_dir: Path) -> None:
